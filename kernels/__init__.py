@@ -1,0 +1,56 @@
+"""xLSTM cell kernels behind one dispatch (installed as ``xlstm_kernels``).
+
+Every backend has the signatures of the pure-PyTorch references in ``mlstm/naive.py``,
+``mlstm/chunkwise.py`` and ``slstm/naive.py`` (read their docstrings for shapes and conventions).
+``backend="torch"`` is the reference; faster backends register themselves in ``MLSTM_BACKENDS`` /
+``SLSTM_BACKENDS`` and must match it.
+"""
+
+from __future__ import annotations
+
+from .mlstm import MLSTMState, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_step, zero_state
+from .slstm import SLSTMState, slstm_recurrent, slstm_step, slstm_zero_state
+
+MLSTM_TORCH_FORMS = {"chunkwise": mlstm_chunkwise, "parallel": mlstm_parallel, "recurrent": mlstm_recurrent}
+
+
+def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
+                 chunk_size=64, form="chunkwise"):
+    if form not in MLSTM_TORCH_FORMS:
+        raise ValueError(f"mLSTM torch form must be one of {sorted(MLSTM_TORCH_FORMS)}, got {form!r}")
+    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps)
+    if form == "chunkwise":
+        kwargs["chunk_size"] = chunk_size
+    return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
+
+
+def _slstm_torch(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
+    return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset, return_final_state=return_final_state)
+
+
+MLSTM_BACKENDS = {"torch": _mlstm_torch}
+SLSTM_BACKENDS = {"torch": _slstm_torch}
+
+
+def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
+    """mLSTM over a sequence: q, k (B,NH,S,DHQK), v (B,NH,S,DHV), i, f (B,NH,S) pre-activations.
+
+    kwargs: initial_state, reset, return_final_state, eps, chunk_size, form (torch backend).
+    """
+    if backend not in MLSTM_BACKENDS:
+        raise ValueError(f"unknown mLSTM backend {backend!r}; available: {sorted(MLSTM_BACKENDS)}")
+    return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
+
+
+def slstm(wx, R, b, *, backend="torch", **kwargs):
+    """sLSTM over a sequence: wx (B,S,4,NH,DH) input pre-activations, R (4,NH,DH,DH), b (4,NH,DH)."""
+    if backend not in SLSTM_BACKENDS:
+        raise ValueError(f"unknown sLSTM backend {backend!r}; available: {sorted(SLSTM_BACKENDS)}")
+    return SLSTM_BACKENDS[backend](wx, R, b, **kwargs)
+
+
+__all__ = [
+    "MLSTMState", "SLSTMState", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm", "mlstm_chunkwise",
+    "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "slstm_recurrent", "slstm_step", "slstm_zero_state",
+    "zero_state",
+]
