@@ -19,6 +19,8 @@ def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_
     if form not in MLSTM_TORCH_FORMS:
         raise ValueError(f"mLSTM torch form must be one of {sorted(MLSTM_TORCH_FORMS)}, got {form!r}")
     kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps)
+    if q.shape[2] == 1:  # a single token (generation): one recurrent step, whatever the training form
+        form = "recurrent"
     if form == "chunkwise":
         kwargs["chunk_size"] = chunk_size
     return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)

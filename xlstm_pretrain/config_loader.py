@@ -115,7 +115,7 @@ def build_dataclass(cls: type, data: dict, sources: dict[str, str] | None = None
         dotted = f"{prefix}{key}"
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             raise ConfigError(f"{_where(dotted, sources)}: unknown key {dotted!r}{hint}")
         kwargs[key] = _coerce(hints[key], value, dotted, sources)
     try:

@@ -29,7 +29,8 @@ class ModelConfig:
     context_length: int = 2048  # training context (no positional encoding; used by data/flops)
     tie_embeddings: bool = False
 
-    # Cell computation. backend: "torch" (reference), "triton", "fla"; mlstm_form applies to "torch".
+    # Cell computation: a backend registered in xlstm_kernels ("torch" is the reference);
+    # mlstm_form picks the torch form (chunkwise for training, parallel = quadratic reference).
     backend: str = "torch"
     mlstm_form: Literal["chunkwise", "parallel", "recurrent"] = "chunkwise"
     chunk_size: int = 64
@@ -53,7 +54,6 @@ class ModelConfig:
     gate_soft_cap: float = 15.0
     logit_soft_cap: float = 30.0
     norm_eps: float = 1e-6
-    use_bias: bool = False
     igate_bias_init: float = -10.0
 
     def __post_init__(self):
@@ -127,7 +127,9 @@ class ModelConfig:
         else:
             need(not self.slstm_at, "slstm_at is only valid for family='paper' (the large family is all mLSTM)")
             need(self.gate_soft_cap > 0 and self.logit_soft_cap > 0, "soft caps must be positive")
+        import xlstm_kernels  # the kernel registry decides which backends exist
+
         need(
-            self.backend in ("torch", "triton", "fla"),
-            f"backend must be one of 'torch', 'triton', 'fla', got {self.backend!r}",
+            self.backend in xlstm_kernels.MLSTM_BACKENDS,
+            f"backend must be one of {sorted(xlstm_kernels.MLSTM_BACKENDS)}, got {self.backend!r}",
         )

@@ -1,0 +1,134 @@
+"""Parity with code we did not write: the official ``xlstm`` package (paper family, vanilla sLSTM on
+CPU) and ``transformers`` ``xLSTMForCausalLM`` (large family), with weights imported by our importers."""
+
+import pytest
+import torch
+
+from xlstm_pretrain.model import build_model
+from xlstm_pretrain.model.importers import (config_from_official_paper, from_hf_model, from_official_paper_model,
+                                            import_large_state_dict)
+
+
+def _perturb(model, scale=0.1):
+    """Move every parameter off its init, so that zero/constant inits cannot hide a mapping error."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def official_paper_model(slstm_at=(1,), num_blocks=3, d=64, ctx=64, **slstm_kw):
+    from xlstm import (FeedForwardConfig, mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig, sLSTMLayerConfig,
+                       xLSTMLMModel, xLSTMLMModelConfig)
+
+    cfg = xLSTMLMModelConfig(
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=4)),
+        slstm_block=sLSTMBlockConfig(
+            slstm=sLSTMLayerConfig(backend="vanilla", num_heads=4, conv1d_kernel_size=4, dtype="float32", **slstm_kw),
+            feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu")),
+        context_length=ctx, num_blocks=num_blocks, embedding_dim=d, slstm_at=list(slstm_at), vocab_size=97)
+    model = xLSTMLMModel(cfg)
+    model.reset_parameters()
+    _perturb(model)
+    return model
+
+
+@pytest.mark.parametrize("slstm_at", [(), (1,), (0, 2)])
+def test_paper_logits_and_grads_match_official_xlstm(slstm_at):
+    official = official_paper_model(slstm_at)
+    ours = from_official_paper_model(official, chunk_size=16)
+    ids = torch.randint(0, 97, (2, 64))
+    ref = official(ids)
+    got = ours(ids)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    # gradients w.r.t. the embedding (the same tensor layout on both sides) agree as well
+    ref.logsumexp(-1).mean().backward()
+    got.logsumexp(-1).mean().backward()
+    torch.testing.assert_close(ours.embedding.weight.grad, official.token_embedding.weight.grad, atol=1e-6, rtol=1e-3)
+
+
+def test_paper_step_state_matches_official_step():
+    """Our prefill + recurrent steps equal the official model's step-by-step generation."""
+    official = official_paper_model((1,)).eval()
+    ours = from_official_paper_model(official).eval()
+    ids = torch.randint(0, 97, (1, 12))
+    with torch.no_grad():
+        state_o, outs_o = None, []
+        for t in range(12):
+            logits, state_o = official.step(ids[:, t : t + 1], state=state_o)
+            outs_o.append(logits)
+        state, outs = None, []
+        for t in range(12):
+            logits, state = ours(ids[:, t : t + 1], state=state, return_state=True)
+            outs.append(logits)
+    torch.testing.assert_close(torch.cat(outs, 1), torch.cat(outs_o, 1), atol=2e-5, rtol=1e-4)
+
+
+def test_importer_rejects_unsupported_official_features():
+    official = official_paper_model((1,))
+    official.config.slstm_block.feedforward.act_fn = "relu"
+    with pytest.raises(ValueError, match="act_fn"):
+        config_from_official_paper(official.config)
+
+
+def hf_model(**kw):
+    from transformers import xLSTMConfig, xLSTMForCausalLM
+
+    cfg = dict(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_heads=4, mode="train",
+               return_last_states=True, chunk_size=16, use_cache=False)
+    cfg.update(kw)
+    model = xLSTMForCausalLM(xLSTMConfig(**cfg))
+    _perturb(model)
+    return model
+
+
+def test_large_logits_and_grads_match_transformers():
+    hf = hf_model()
+    ours = from_hf_model(hf)
+    ids = torch.randint(0, 97, (2, 48))
+    ref = hf(ids, use_cache=False).logits
+    got = ours(ids)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    ref.logsumexp(-1).mean().backward()
+    got.logsumexp(-1).mean().backward()
+    torch.testing.assert_close(ours.embedding.weight.grad, hf.backbone.embeddings.weight.grad, atol=1e-6, rtol=1e-3)
+    torch.testing.assert_close(ours.blocks[1].mlstm_layer.fgate_preact.weight.grad,
+                               hf.backbone.blocks[1].mlstm_layer.fgate_preact.weight.grad, atol=1e-6, rtol=1e-3)
+
+
+def test_large_state_matches_transformers_cache():
+    """Our final (C, n, m) uses the same convention as the HF cache: states are interchangeable."""
+    # (hidden 128: HF sizes its cache with qk_dim rounded up to 64, so the qk dim must already be a multiple)
+    hf = hf_model(mode="inference", use_cache=True, hidden_size=128).eval()
+    ours = from_hf_model(hf).eval()
+    ids = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        out = hf(ids, use_cache=True)
+        _, state = ours(ids, return_state=True)
+    for layer, block_state in enumerate(state):
+        for ours_t, hf_t in zip(block_state["cell"], out.cache_params.rnn_state[layer]):
+            torch.testing.assert_close(ours_t, hf_t.reshape(ours_t.shape).float(), atol=1e-5, rtol=1e-4)
+
+
+def test_large_fused_weights_import():
+    hf = hf_model()
+    ours_cfg = from_hf_model(hf).cfg
+    sd = hf.state_dict()
+    fused = {}
+    for k, v in sd.items():
+        fused[k] = v
+    for i in range(ours_cfg.num_blocks):
+        p = f"backbone.blocks.{i}."
+        fused[p + "mlstm_layer.qkv_opreact.weight"] = torch.cat(
+            [fused.pop(p + f"mlstm_layer.{n}.weight") for n in ("q", "k", "v", "ogate_preact")])
+        fused[p + "mlstm_layer.ifgate_preact.weight"] = torch.cat(
+            [fused.pop(p + "mlstm_layer.igate_preact.weight"), fused.pop(p + "mlstm_layer.fgate_preact.weight")])
+        fused[p + "mlstm_layer.ifgate_preact.bias"] = torch.cat(
+            [fused.pop(p + "mlstm_layer.igate_preact.bias"), fused.pop(p + "mlstm_layer.fgate_preact.bias")])
+        fused[p + "ffn.proj_up_gate_z.weight"] = torch.cat(
+            [fused.pop(p + "ffn.proj_up_gate.weight"), fused.pop(p + "ffn.proj_up.weight")])
+    model = build_model(ours_cfg)
+    model.load_state_dict(import_large_state_dict(fused, ours_cfg))
+    ids = torch.randint(0, 97, (1, 16))
+    torch.testing.assert_close(model(ids), hf(ids, use_cache=False).logits, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="unused"):
+        import_large_state_dict({**sd, "backbone.extra.weight": torch.zeros(1)}, ours_cfg)

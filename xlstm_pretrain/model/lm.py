@@ -1,0 +1,77 @@
+"""xLSTMLM: token embedding -> blocks -> output norm -> LM head, for both families. Read top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .blocks_large import LargeBlock
+from .blocks_paper import PaperMLSTMBlock, PaperSLSTMBlock
+from .components import LayerNorm, RMSNorm, small_init_, soft_cap
+from .config import ModelConfig
+
+
+class xLSTMLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.embedding = nn.Embedding(cfg.vocab_size, d)
+        if cfg.family == "paper":
+            block_cls = {"mlstm": PaperMLSTMBlock, "slstm": PaperSLSTMBlock}
+            self.blocks = nn.ModuleList(block_cls[t](cfg, idx) for idx, t in enumerate(cfg.block_types))
+            self.out_norm = LayerNorm(d)
+        else:
+            self.blocks = nn.ModuleList(LargeBlock(cfg, idx) for idx in range(cfg.num_blocks))
+            self.out_norm = RMSNorm(d, cfg.norm_eps)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """The official initialisation of each family (xlstm_reference.md §4)."""
+        d = self.cfg.embedding_dim
+        small_init_(self.embedding.weight, d)
+        for block in self.blocks:
+            block.reset_parameters()
+        self.out_norm.reset_parameters()
+        if not self.cfg.tie_embeddings:
+            small_init_(self.lm_head.weight, d)
+
+    def forward(self, input_ids, state=None, doc_boundaries=None, return_state=False):
+        """input_ids (B, S) -> logits (B, S, V) [, new state].
+
+        state: list with one entry per block (as returned with ``return_state=True``), or None for the
+        zero state. doc_boundaries: optional bool (B, S), True at the first token of each packed document;
+        every block resets its recurrent and conv state there.
+        """
+        if state is not None and len(state) != len(self.blocks):
+            raise ValueError(f"state has {len(state)} entries, the model has {len(self.blocks)} blocks")
+        x = self.embedding(input_ids)
+        new_state = []
+        for idx, block in enumerate(self.blocks):
+            x, block_state = block(x, None if state is None else state[idx], doc_boundaries, return_state)
+            new_state.append(block_state)
+        logits = self.lm_head(self.out_norm(x))
+        if self.cfg.family == "large":
+            logits = soft_cap(logits.float(), self.cfg.logit_soft_cap)
+        return (logits, new_state) if return_state else logits
+
+
+def build_model(cfg: ModelConfig, device=None) -> xLSTMLM:
+    """Build and initialise a model. ``device="meta"`` builds it without allocating memory."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return xLSTMLM(cfg)
+
+
+def count_params(model_or_cfg, exclude_embedding: bool = False) -> int:
+    """Number of parameters (tied weights counted once). Accepts a model or a ModelConfig (built on meta)."""
+    model = build_model(model_or_cfg, device="meta") if isinstance(model_or_cfg, ModelConfig) else model_or_cfg
+    params = {id(p): p for p in model.parameters()}
+    if exclude_embedding:
+        params.pop(id(model.embedding.weight), None)
+    return sum(p.numel() for p in params.values())
