@@ -132,3 +132,33 @@ def test_large_fused_weights_import():
     torch.testing.assert_close(model(ids), hf(ids, use_cache=False).logits, atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="unused"):
         import_large_state_dict({**sd, "backbone.extra.weight": torch.zeros(1)}, ours_cfg)
+
+
+def test_chunkwise_matches_transformers_native_fallback(monkeypatch):
+    """Cell level: our torch chunkwise equals the pure-PyTorch chunkwise kernel embedded in transformers
+    (its fallback when `xlstm` is absent; loaded as a separate module copy with that switch off)."""
+    import importlib.util
+    import sys
+
+    import transformers.models.xlstm.modeling_xlstm as mx
+    import transformers.utils
+
+    from xlstm_kernels import mlstm_chunkwise
+
+    monkeypatch.setattr(transformers.utils, "is_xlstm_available", lambda: False)
+    spec = importlib.util.spec_from_file_location("transformers.models.xlstm._fallback_copy", mx.__file__)
+    fallback = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, fallback)  # its decorators look the module up by name
+    spec.loader.exec_module(fallback)
+
+    B, NH, S, DQ, DV = 2, 3, 128, 16, 32
+    q, k = torch.randn(2, B, NH, S, DQ, dtype=torch.float64)
+    v = torch.randn(B, NH, S, DV, dtype=torch.float64)
+    i, f = torch.randn(B, NH, S, dtype=torch.float64), 3 + torch.randn(B, NH, S, dtype=torch.float64)
+    C0, n0, m0 = torch.randn(B, NH, DQ, DV).double(), torch.randn(B, NH, DQ).double(), torch.randn(B, NH, 1).double()
+    h_ref, st_ref = fallback.mlstm_chunkwise_native_autograd(q, k, v, i, f, C0, n0, m0, return_last_states=True,
+                                                             chunk_size=32)
+    h, st = mlstm_chunkwise(q, k, v, i, f, initial_state=(C0, n0, m0), return_final_state=True, chunk_size=16)
+    torch.testing.assert_close(h, h_ref, atol=1e-10, rtol=1e-10)
+    for a, b in zip(st, st_ref):
+        torch.testing.assert_close(a, b.reshape(a.shape), atol=1e-10, rtol=1e-10)
