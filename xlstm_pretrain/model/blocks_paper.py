@@ -56,10 +56,10 @@ class PaperMLSTMLayer(nn.Module):
         wang_init_(self.proj_down.weight, d, cfg.num_blocks)
 
     def forward(self, x, state=None, reset=None, return_state=False):
-        B, S, _ = x.shape
         NH, D = self.num_heads, self.inner_dim
         state = state or {}
         x_m, z = self.proj_up(x).split(D, dim=-1)
+        B, S, _ = x_m.shape  # (under sequence parallelism proj_up gathers the sequence)
         x_c, conv_state = self.conv(x_m, state.get("conv"), reset)
         x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)

@@ -1,0 +1,144 @@
+"""Per-rank bodies of the tensor-parallel tests (spawned by tests/test_tensor_parallel.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from xlstm_pretrain.model import ModelConfig, build_model
+from xlstm_pretrain.parallel import mappings
+from xlstm_pretrain.parallel import (ParallelConfig, gather_full_state_dict, gather_logits, init_parallel_state,
+                                     lm_loss, load_full_state_dict, parallelize_model)
+
+
+def tiny_config(family: str) -> ModelConfig:
+    kw = dict(family=family, vocab_size=64, embedding_dim=32, num_blocks=3, num_heads=4, chunk_size=8)
+    if family == "paper":
+        kw["slstm_at"] = [1]
+    return ModelConfig(**kw)
+
+
+def batch(B=2, S=16, V=64, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (B, S + 1), generator=g)
+    bounds = torch.zeros(B, S, dtype=torch.bool)
+    bounds[:, 0] = True
+    bounds[0, 5] = bounds[1, 11] = True
+    return ids[:, :-1], ids[:, 1:], bounds
+
+
+def forward_backward(model, ids, labels, bounds):
+    logits = model(ids, doc_boundaries=bounds)
+    loss = lm_loss(model, logits, labels).mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return gather_logits(model, logits).detach(), loss.detach(), gather_full_state_dict(model, grads)
+
+
+def tp_equivalence(cases):
+    """For each (family, tp, sequence_parallel): max errors of logits, loss and every gathered gradient
+    against the single-process model, plus TP<->TP=1 checkpoint round trips."""
+    out = {}
+    ids, labels, bounds = batch()
+    for family, tp, sp in cases:
+        cfg = tiny_config(family)
+        state = init_parallel_state(ParallelConfig(tensor_parallel=tp, sequence_parallel=sp))
+        torch.manual_seed(0)
+        ref = build_model(cfg)
+        ref_logits, ref_loss, ref_grads = forward_backward(ref, ids, labels, bounds)
+        torch.manual_seed(0)
+        model = parallelize_model(build_model(cfg), state)
+        mappings.comm_log = []
+        logits, loss, grads = forward_backward(model, ids, labels, bounds)
+        collectives = sorted({name for name, _ in mappings.comm_log})
+        mappings.comm_log = None
+        grad_err = {n: (grads[n] - g).abs().max().item() / max(1.0, g.abs().max().item()) for n, g in ref_grads.items()}
+        worst = max(grad_err, key=grad_err.get)
+        # checkpoints: TP=N -> TP=1 (gather) and TP=1 -> TP=N (slice) give identical outputs
+        full = gather_full_state_dict(model)
+        plain = build_model(cfg)
+        plain.load_state_dict(full)
+        torch.manual_seed(7)
+        other = build_model(cfg)  # different random weights ...
+        reloaded = parallelize_model(other, state)
+        load_full_state_dict(reloaded, ref.state_dict())  # ... replaced by the TP=1 checkpoint
+        with torch.no_grad():
+            ckpt_to_tp1 = (plain(ids, doc_boundaries=bounds) - ref_logits).abs().max().item()
+            ckpt_to_tpn = (gather_logits(reloaded, reloaded(ids, doc_boundaries=bounds)) - ref_logits).abs().max().item()
+        out[(family, tp, sp)] = dict(
+            logits=(logits - ref_logits).abs().max().item(), loss=abs(loss.item() - ref_loss.item()),
+            grad=grad_err[worst], worst_grad=worst, n_grads=len(grads), n_ref=len(ref_grads),
+            same_keys=set(full) == set(ref.state_dict()), ckpt_to_tp1=ckpt_to_tp1, ckpt_to_tpn=ckpt_to_tpn,
+            collectives=collectives,
+        )
+    return out
+
+
+def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2):
+    """TP x DP under DeepSpeed ZeRO vs one process on the same global batches: losses, grad norms,
+    final (gathered) weights."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from xlstm_pretrain.parallel.zero import deepspeed_config, initialize_deepspeed
+
+    cfg = tiny_config(family)
+    state = init_parallel_state(ParallelConfig(tensor_parallel=tp))
+    dp, dp_rank = state.dp, state.dp_rank
+    B_global, S, lr = 8, 16, 3e-3
+    data = [batch(B=B_global, S=S, seed=100 + s) for s in range(steps)]
+
+    # reference: one process, the whole global batch, torch AdamW + clipping
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+    ref_losses, ref_norms = [], []
+    for ids, labels, bounds in data:
+        opt.zero_grad()
+        loss = lm_loss(ref, ref(ids, doc_boundaries=bounds), labels).mean()
+        loss.backward()
+        ref_norms.append(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0).item())
+        opt.step()
+        ref_losses.append(loss.item())
+
+    torch.manual_seed(0)
+    model = parallelize_model(build_model(cfg), state)
+    if bf16:
+        model = model.to(torch.bfloat16)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
+    micro = B_global // dp // grad_accum
+    engine = initialize_deepspeed(model, opt, state, deepspeed_config(
+        zero_stage=zero_stage, micro_batch_size=micro, grad_accum_steps=grad_accum, dp_size=dp, bf16=bf16))
+    losses, norms = [], []
+    for ids, labels, bounds in data:
+        rows = slice(dp_rank * B_global // dp, (dp_rank + 1) * B_global // dp)
+        step_loss = 0.0
+        for a in range(grad_accum):
+            r = slice(rows.start + a * micro, rows.start + (a + 1) * micro)
+            loss = lm_loss(model, engine(ids[r], doc_boundaries=bounds[r]), labels[r]).mean()
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / grad_accum
+        t = torch.tensor([step_loss])
+        dist.all_reduce(t, group=state.dp_group)
+        losses.append(t.item() / dp)
+        norms.append(float(engine.get_global_grad_norm()))
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params, enabled=zero_stage == 3):
+        final = gather_full_state_dict(model, {n: p.float() for n, p in model.named_parameters()})
+    ref_final = dict(ref.named_parameters())
+    errs = {n: (final[n] - p).abs().max().item() for n, p in ref_final.items()}
+    worst = max(errs, key=errs.get)
+    return dict(losses=losses, ref_losses=ref_losses, norms=norms, ref_norms=ref_norms, weight_err=errs[worst],
+                worst_weight=worst, errs=errs)
+
+
+def zero_cases(cases):
+    """Several ZeRO comparisons in one spawned group: {(family, stage, bf16, grad_accum): result}."""
+    import time
+
+    out = {}
+    for family, stage, bf16, ga in cases:
+        t0 = time.time()
+        out[(family, stage, bf16, ga)] = zero_vs_single_process(family, stage, bf16, grad_accum=ga)
+        out[(family, stage, bf16, ga)]["seconds"] = time.time() - t0
+    return out

@@ -1,0 +1,257 @@
+"""Collectives as autograd functions, each paired with its adjoint (Megatron's mappings, device-agnostic).
+
+Tensor-parallel region (TP group, activations split along the last dim = features/heads):
+    copy_to_tp                 fwd identity            bwd all-reduce
+    reduce_from_tp             fwd all-reduce          bwd identity
+    split_to_tp                fwd keep local slice    bwd all-gather          (input replicated)
+    gather_from_tp             fwd all-gather          bwd keep local slice    (output used replicated)
+    reduce_scatter_to_tp       fwd reduce-scatter      bwd all-gather          (partial sums, each rank keeps its slice)
+Megatron sequence parallelism (activations split along dim 1 = sequence between TP regions):
+    scatter_to_sequence        fwd keep local chunk    bwd all-gather
+    gather_from_sequence       fwd all-gather          bwd reduce-scatter
+    reduce_scatter_to_sequence fwd reduce-scatter      bwd all-gather
+    sequence_to_tp             fwd all-to-all (B, S/t, D) -> (B, S, D/t)    bwd the inverse all-to-all
+    tp_to_sequence             fwd all-to-all (B, S, D/t) -> (B, S/t, D)    bwd the inverse all-to-all
+
+Every function takes the process group explicitly and is the identity when the group has one rank.
+An optional ``comm_log`` list records (name, bytes sent) per call, for the communication benchmark.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+comm_log: list[tuple[str, int]] | None = None  # set to a list to record traffic
+
+
+def _log(name: str, t: torch.Tensor, group) -> None:
+    if comm_log is not None:
+        comm_log.append((name, t.numel() * t.element_size()))
+
+
+def _world(group) -> int:
+    return dist.get_world_size(group) if group is not None else 1
+
+
+def _rank(group) -> int:
+    return dist.get_rank(group) if group is not None else 0
+
+
+# ---- raw collectives (no autograd) --------------------------------------------------------------
+
+
+def _all_reduce(x, group, name="all_reduce", op=dist.ReduceOp.SUM):
+    if _world(group) == 1:
+        return x
+    x = x.contiguous().clone()
+    _log(name, x, group)
+    dist.all_reduce(x, op=op, group=group)
+    return x
+
+
+def _all_gather(x, group, dim, name="all_gather"):
+    w = _world(group)
+    if w == 1:
+        return x
+    x = x.contiguous()
+    _log(name, x, group)
+    parts = [torch.empty_like(x) for _ in range(w)]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _split(x, group, dim):
+    w = _world(group)
+    if w == 1:
+        return x
+    if x.shape[dim] % w:
+        raise ValueError(f"cannot split dim {dim} of size {x.shape[dim]} across {w} ranks")
+    return x.chunk(w, dim=dim)[_rank(group)].contiguous()
+
+
+def _reduce_scatter(x, group, dim, name="reduce_scatter"):
+    w = _world(group)
+    if w == 1:
+        return x
+    if x.shape[dim] % w:
+        raise ValueError(f"cannot reduce-scatter dim {dim} of size {x.shape[dim]} across {w} ranks")
+    parts = [p.contiguous() for p in x.chunk(w, dim=dim)]
+    _log(name, x, group)
+    out = torch.empty_like(parts[0])
+    dist.reduce_scatter(out, parts, group=group)
+    return out
+
+
+def _all_to_all(x, group, split_dim, cat_dim, name="all_to_all"):
+    """Split ``split_dim`` into world chunks, send chunk j to rank j, concatenate received along ``cat_dim``."""
+    w = _world(group)
+    if w == 1:
+        return x
+    send = [p.contiguous() for p in x.chunk(w, dim=split_dim)]
+    recv = [torch.empty_like(send[0]) for _ in range(w)]
+    _log(name, x, group)
+    dist.all_to_all(recv, send, group=group)
+    return torch.cat(recv, dim=cat_dim)
+
+
+# ---- autograd pairs -----------------------------------------------------------------------------
+
+
+class _CopyToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_reduce(g, ctx.group, "copy_to_tp.bwd"), None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        return _all_reduce(x, group, "reduce_from_tp")
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _SplitToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split(x, group, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group, -1, "split_to_tp.bwd"), None
+
+
+class _GatherFromTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group, -1, "gather_from_tp")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _split(g, ctx.group, -1), None
+
+
+class _ReduceScatterToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group, -1, "reduce_scatter_to_tp")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group, -1, "reduce_scatter_to_tp.bwd"), None
+
+
+class _ScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split(x, group, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group, 1, "scatter_to_sequence.bwd"), None
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group, 1, "gather_from_sequence")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter(g, ctx.group, 1, "gather_from_sequence.bwd"), None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter(x, group, 1, "reduce_scatter_to_sequence")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_gather(g, ctx.group, 1, "reduce_scatter_to_sequence.bwd"), None
+
+
+class _SequenceToTP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_to_all(x, group, split_dim=-1, cat_dim=1, name="sequence_to_tp")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_to_all(g, ctx.group, split_dim=1, cat_dim=-1, name="sequence_to_tp.bwd"), None
+
+
+class _TPToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_to_all(x, group, split_dim=1, cat_dim=-1, name="tp_to_sequence")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_to_all(g, ctx.group, split_dim=-1, cat_dim=1, name="tp_to_sequence.bwd"), None
+
+
+def copy_to_tp(x, group):
+    return _CopyToTP.apply(x, group) if _world(group) > 1 else x
+
+
+def reduce_from_tp(x, group):
+    return _ReduceFromTP.apply(x, group) if _world(group) > 1 else x
+
+
+def split_to_tp(x, group):
+    return _SplitToTP.apply(x, group) if _world(group) > 1 else x
+
+
+def gather_from_tp(x, group):
+    return _GatherFromTP.apply(x, group) if _world(group) > 1 else x
+
+
+def reduce_scatter_to_tp(x, group):
+    return _ReduceScatterToTP.apply(x, group) if _world(group) > 1 else x
+
+
+def scatter_to_sequence(x, group):
+    return _ScatterToSequence.apply(x, group) if _world(group) > 1 else x
+
+
+def gather_from_sequence(x, group):
+    return _GatherFromSequence.apply(x, group) if _world(group) > 1 else x
+
+
+def reduce_scatter_to_sequence(x, group):
+    return _ReduceScatterToSequence.apply(x, group) if _world(group) > 1 else x
+
+
+def sequence_to_tp(x, group):
+    return _SequenceToTP.apply(x, group) if _world(group) > 1 else x
+
+
+def tp_to_sequence(x, group):
+    return _TPToSequence.apply(x, group) if _world(group) > 1 else x
+
+
+def all_reduce_grad_hook(group):
+    """A tensor hook that sums a replicated parameter's partial gradients over ``group``
+    (sequence parallelism: norm weights see only this rank's part of the sequence)."""
+
+    def hook(grad):
+        return _all_reduce(grad, group, "sequence_parallel_param_grad")
+
+    return hook
