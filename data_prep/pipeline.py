@@ -1,0 +1,298 @@
+"""Plan the shard jobs of a run, run them on worker processes with a progress bar, write the manifest.
+
+Plan: train inputs in the order given (folders expanded and sorted) are cut into jobs of
+``files_per_shard`` consecutive files; hub streams into jobs of ``records_per_shard`` consecutive
+records. Job k of a split writes ``<split>_<k:05d>``; with a validation fraction, its held-out
+documents go to ``val_<k:05d>``. Jobs are independent, so any number of workers produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
+
+from data_prep.manifest import MANIFEST_NAME, build_manifest, format_summary, write_manifest
+from data_prep.readers import InputError, find_input_files, hub_source_name, iter_hub_records
+from data_prep.shard_jobs import PROGRESS_DIR, PrepSettings, ShardJob, read_finished, run_job
+from data_prep.tokenizer_info import DEFAULT_EOD_TOKEN, describe_tokenizer
+
+
+@dataclass
+class PrepOptions:
+    output_dir: str
+    tokenizer: str  # path of a tokenizer.json
+    eod_token: str = DEFAULT_EOD_TOKEN
+    inputs: list[str] = field(default_factory=list)  # local train files/folders
+    validation_inputs: list[str] = field(default_factory=list)  # local validation files/folders
+    hf_dataset: str | None = None  # hub train source: name (or a builder such as "json") ...
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_validation_split: str | None = None  # ... and optionally its validation split
+    hf_data_files: list[str] | None = None
+    hf_max_records: int | None = None  # stop each hub stream after this many records
+    set_names: list[str] | None = None  # keep only these meta.redpajama_set_name values
+    validation_fraction: float = 0.0
+    split_seed: int = 1234
+    files_per_shard: int = 16
+    records_per_shard: int = 100_000
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PrepResult:
+    manifest: dict
+    jobs_run: int
+    jobs_skipped: int
+
+    def summary(self) -> str:
+        return format_summary(self.manifest, self.jobs_run, self.jobs_skipped)
+
+
+def check_options(o: PrepOptions) -> None:
+    if not o.inputs and not o.hf_dataset:
+        raise InputError("no input: give --input files/folders and/or --hf-dataset")
+    if not 0.0 <= o.validation_fraction < 1.0:
+        raise InputError(f"--validation-fraction must be in [0, 1), got {o.validation_fraction}")
+    if o.validation_fraction > 0 and (o.validation_inputs or o.hf_validation_split):
+        raise InputError(
+            "choose one validation split: --validation-fraction (held-out documents) or "
+            "--validation-input / --hf-validation-split (separate validation data)"
+        )
+    if o.hf_validation_split and not o.hf_dataset:
+        raise InputError("--hf-validation-split needs --hf-dataset")
+    for name in ("files_per_shard", "records_per_shard", "workers"):
+        if getattr(o, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------
+
+
+def plan_file_jobs(paths: list[str], split: str, files_per_shard: int, hold_out: bool) -> list[ShardJob]:
+    files = find_input_files(paths)
+    jobs = []
+    for k, start in enumerate(range(0, len(files), files_per_shard)):
+        jobs.append(
+            ShardJob(
+                name=f"{split}_{k:05d}",
+                split=split,
+                files=files[start : start + files_per_shard],
+                heldout_name=f"val_{k:05d}" if hold_out else None,
+            )
+        )
+    return jobs
+
+
+def plan_hub_jobs(o: PrepOptions, settings: PrepSettings, split: str, hub_split: str, first_index: int) -> Iterator[ShardJob]:
+    """Jobs over consecutive record ranges of a hub stream. A finished job's records are read past, not
+    kept (the stream has to be read in order either way)."""
+    source = hub_source_name(o.hf_dataset, hub_split, o.hf_config)
+    records = iter_hub_records(o.hf_dataset, hub_split, o.hf_config, o.hf_data_files)
+    if o.hf_max_records is not None:
+        records = islice(records, o.hf_max_records)
+    k = 0
+    while True:
+        index = first_index + k
+        job = ShardJob(
+            name=f"{split}_{index:05d}",
+            split=split,
+            hub_source=source,
+            first_record=k * o.records_per_shard,
+            records_per_job=o.records_per_shard,
+            heldout_name=f"val_{index:05d}" if split == "train" and o.validation_fraction > 0 else None,
+        )
+        chunk = islice(records, o.records_per_shard)
+        if read_finished(job, settings) is not None:
+            if sum(1 for _ in chunk) == 0:
+                return
+        else:
+            job.records = list(chunk)
+            if not job.records:
+                return
+        yield job
+        k += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+_worker_settings: PrepSettings | None = None
+_worker_queue = None
+
+
+def _init_worker(settings: PrepSettings, progress_queue) -> None:
+    global _worker_settings, _worker_queue
+    # Each worker process tokenizes one document batch at a time; the Rust tokenizer's own thread pool
+    # would oversubscribe the cores that the other workers already use.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_settings, _worker_queue = settings, progress_queue
+
+
+def _run_job_in_worker(job: ShardJob) -> dict:
+    return run_job(job, _worker_settings, report=lambda docs, tokens: _worker_queue.put((docs, tokens)))
+
+
+class _Progress:
+    """tqdm bar over documents with tokens/s and shard counts."""
+
+    def __init__(self, enabled: bool, total_jobs: int | None):
+        self.bar = tqdm(unit=" docs", unit_scale=True, disable=not enabled, dynamic_ncols=True, desc="tokenizing")
+        self.total_jobs, self.done, self.tokens, self.start = total_jobs, 0, 0, time.perf_counter()
+
+    def add(self, docs: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.update(docs)
+        self._postfix()
+
+    def job_done(self) -> None:
+        self.done += 1
+        self._postfix()
+
+    def _postfix(self) -> None:
+        rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} tokens/s, shards {self.done}/{self.total_jobs or '?'}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_jobs(jobs: Iterable[ShardJob], settings: PrepSettings, workers: int, progress: _Progress) -> tuple[list[dict], int]:
+    """Run the jobs that are not finished yet; returns (the record of every job in plan order, #run)."""
+    records: dict[str, dict] = {}
+    order: list[str] = []
+    todo: Iterator[ShardJob] = _unfinished(jobs, settings, records, order, progress)
+    ran = 0
+    if workers == 1:  # in-process: simplest to debug, and the Rust tokenizer may use every core itself
+        for job in todo:
+            records[job.name] = run_job(job, settings, report=progress.add)
+            progress.job_done()
+            ran += 1
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork: safe with the tokenizer's threads
+        progress_queue = ctx.Queue()
+        pending: deque = deque()
+        with contextlib.ExitStack() as stack:
+            pool = None
+            for job in todo:
+                if pool is None:  # started on the first unfinished job: a fully resumed run starts no process
+                    pool = stack.enter_context(
+                        ctx.Pool(workers, initializer=_init_worker, initargs=(settings, progress_queue))
+                    )
+                pending.append((job.name, pool.apply_async(_run_job_in_worker, (job,))))
+                while len(pending) >= 2 * workers:  # bounded: hub jobs carry their records
+                    ran += _collect_first(pending, records, progress_queue, progress)
+            while pending:
+                ran += _collect_first(pending, records, progress_queue, progress)
+            _drain(progress_queue, progress)
+    return [records[name] for name in order], ran
+
+
+def _unfinished(jobs, settings, records, order, progress) -> Iterator[ShardJob]:
+    for job in jobs:
+        order.append(job.name)
+        finished = read_finished(job, settings)
+        if finished is not None:
+            records[job.name] = finished
+            progress.job_done()
+        else:
+            yield job
+
+
+def _collect_first(pending: deque, records: dict, progress_queue, progress: _Progress) -> int:
+    name, result = pending[0]
+    while not result.ready():
+        _drain(progress_queue, progress, timeout=0.1)
+    records[name] = result.get()  # re-raises a worker's exception here
+    pending.popleft()
+    progress.job_done()
+    return 1
+
+
+def _drain(progress_queue, progress: _Progress, timeout: float = 0.0) -> None:
+    try:
+        docs, tokens = progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait()
+        progress.add(docs, tokens)
+        while True:
+            docs, tokens = progress_queue.get_nowait()
+            progress.add(docs, tokens)
+    except queue.Empty:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------------
+
+
+def _clear_output(output_dir: Path) -> None:
+    """--overwrite: remove what an earlier run wrote here (only our own file names)."""
+    shutil.rmtree(output_dir / PROGRESS_DIR, ignore_errors=True)
+    for pattern in ("train_*.bin", "train_*.idx", "val_*.bin", "val_*.idx", "*.tmp", MANIFEST_NAME):
+        for path in output_dir.glob(pattern):
+            path.unlink()
+
+
+def prepare(o: PrepOptions) -> PrepResult:
+    """Tokenize the inputs of ``o`` into Megatron shards + manifest under ``o.output_dir``."""
+    check_options(o)
+    info = describe_tokenizer(o.tokenizer, o.eod_token)
+    output_dir = Path(o.output_dir)
+    settings = PrepSettings(
+        output_dir=str(output_dir),
+        tokenizer=info,
+        validation_fraction=o.validation_fraction,
+        split_seed=o.split_seed,
+        set_names=frozenset(o.set_names) if o.set_names else None,
+    )
+    # Plan the local jobs first: a missing input path must fail before any work.
+    hold_out = o.validation_fraction > 0
+    train_jobs = plan_file_jobs(o.inputs, "train", o.files_per_shard, hold_out) if o.inputs else []
+    val_jobs = plan_file_jobs(o.validation_inputs, "val", o.files_per_shard, False) if o.validation_inputs else []
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if o.overwrite:
+        _clear_output(output_dir)
+    for stale in output_dir.glob("*.tmp"):  # a crashed run's partial files; their jobs will be redone
+        stale.unlink()
+
+    def all_jobs() -> Iterator[ShardJob]:
+        yield from train_jobs
+        yield from val_jobs
+        if o.hf_dataset:
+            yield from plan_hub_jobs(o, settings, "train", o.hf_split, len(train_jobs))
+            if o.hf_validation_split:
+                yield from plan_hub_jobs(o, settings, "val", o.hf_validation_split, len(val_jobs))
+
+    known_total = None if o.hf_dataset else len(train_jobs) + len(val_jobs)
+    workers = min(o.workers, known_total) if known_total else o.workers
+    progress = _Progress(o.progress, known_total)
+    try:
+        records, ran = _run_jobs(all_jobs(), settings, max(workers, 1), progress)
+    finally:
+        progress.close()
+
+    if hold_out:
+        validation = {"mode": "heldout_fraction", "fraction": o.validation_fraction, "seed": o.split_seed}
+    elif o.validation_inputs or o.hf_validation_split:
+        validation = {"mode": "separate_inputs", "inputs": list(o.validation_inputs), "hf_split": o.hf_validation_split}
+    else:
+        validation = {"mode": "none"}
+    manifest = build_manifest(records, settings, validation)
+    write_manifest(output_dir, manifest)
+    return PrepResult(manifest, jobs_run=ran, jobs_skipped=len(records) - ran)

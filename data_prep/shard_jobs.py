@@ -1,0 +1,212 @@
+"""One unit of tokenization work ("job"): a fixed group of input documents -> one output shard.
+
+A job is defined by its inputs alone (a group of consecutive input files, or a fixed range of hub
+records), never by which worker runs it or when, so the output is byte-identical for any worker count.
+Each job writes its shard(s) to temp files, renames them into place, and only then writes its record
+``progress/<job>.json`` (counts + a fingerprint of its inputs and settings). A rerun skips a job whose
+record exists, matches, and whose files have the recorded sizes; anything else is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_prep.indexed import IndexedDatasetWriter, data_path, index_path
+from data_prep.readers import Document, InputFile, InputLog, document_from_record, iter_file_documents
+from data_prep.tokenizer_info import TokenizerInfo, encode_documents, load_tokenizer
+
+PROGRESS_DIR = "progress"
+ENCODE_BATCH_DOCS = 256  # documents per tokenizer call: big enough to amortise the call, small in memory
+
+
+@dataclass(frozen=True)
+class PrepSettings:
+    """Everything that decides the bytes of every shard (shared by all jobs of a run)."""
+
+    output_dir: str
+    tokenizer: TokenizerInfo
+    validation_fraction: float = 0.0  # held-out share of the train inputs' documents
+    split_seed: int = 1234  # which documents are held out is a hash of (seed, file key, line)
+    set_names: frozenset[str] | None = None  # keep only these meta.redpajama_set_name values
+
+
+@dataclass
+class ShardJob:
+    name: str  # "train_00003": the output prefix of its shard, and the name of its progress record
+    split: str  # "train" or "val"
+    files: list[InputFile] = field(default_factory=list)  # local input
+    hub_source: str | None = None  # hub input: a range of records of this stream ...
+    first_record: int = 0  # ... starting at this 0-based record number ...
+    records: list[dict] | None = None  # ... carried in the job (None when the job is already done)
+    records_per_job: int = 0
+    heldout_name: str | None = None  # "val_00003": where held-out documents of a train job go
+
+    def output_names(self) -> list[str]:
+        return [self.name] + ([self.heldout_name] if self.heldout_name else [])
+
+    def fingerprint(self, settings: PrepSettings) -> str:
+        """Hash of everything that decides this job's output bytes."""
+        inputs = {
+            "files": [(f.key, os.path.getsize(f.path)) for f in self.files],
+            "hub": [self.hub_source, self.first_record, self.records_per_job] if self.hub_source else None,
+        }
+        spec = {
+            "name": self.name,
+            "split": self.split,
+            "inputs": inputs,
+            "heldout": [self.heldout_name, settings.validation_fraction, settings.split_seed],
+            "tokenizer_sha256": settings.tokenizer.sha256,
+            "eod_id": settings.tokenizer.eod_id,
+            "dtype": settings.tokenizer.dtype,
+            "set_names": sorted(settings.set_names) if settings.set_names is not None else None,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+class OutputConflict(Exception):
+    """The output folder holds a finished shard made from other inputs or settings."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress records (the "done" markers)
+# --------------------------------------------------------------------------------------------------
+
+
+def progress_path(settings: PrepSettings, job_name: str) -> Path:
+    return Path(settings.output_dir) / PROGRESS_DIR / f"{job_name}.json"
+
+
+def read_finished(job: ShardJob, settings: PrepSettings) -> dict | None:
+    """The job's record if it finished under the same inputs and settings and its files are intact."""
+    path = progress_path(settings, job.name)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged record: redo the job
+    if record.get("fingerprint") != job.fingerprint(settings):
+        raise OutputConflict(
+            f"{settings.output_dir} already holds shard {job.name} made from other inputs or settings "
+            f"(see {path}); use a new --output-dir, or --overwrite to replace everything there"
+        )
+    itemsize = np.dtype(settings.tokenizer.dtype).itemsize
+    for out in record["outputs"]:
+        prefix = Path(settings.output_dir) / out["name"]
+        bin_file, idx_file = Path(data_path(prefix)), Path(index_path(prefix))
+        if not (idx_file.is_file() and bin_file.is_file()) or bin_file.stat().st_size != out["num_tokens"] * itemsize:
+            return None  # a file went missing or is damaged: redo the job
+    return record
+
+
+def _write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a job
+# --------------------------------------------------------------------------------------------------
+
+
+def is_held_out(key: str, line: int, fraction: float, seed: int) -> bool:
+    """Deterministic Bernoulli(fraction) per document: independent of worker count, shard grouping and
+    machine (a keyed hash of the file key and line, not Python's salted ``hash``)."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"{key}:{line}".encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+def _job_documents(job: ShardJob, settings: PrepSettings, log: InputLog):
+    if job.hub_source is not None:
+        for i, record in enumerate(job.records or []):
+            line = job.first_record + i + 1
+            doc = document_from_record(record, job.hub_source, line, log, settings.set_names)
+            if doc is not None:
+                yield doc
+    else:
+        for input_file in job.files:
+            yield from iter_file_documents(input_file, log, settings.set_names)
+
+
+def run_job(job: ShardJob, settings: PrepSettings, report: Callable[[int, int], None] | None = None) -> dict:
+    """Tokenize the job's documents into its shard(s), commit them, write and return its record.
+    ``report(documents, tokens)`` is called after each tokenizer batch (for the progress bar)."""
+    info = settings.tokenizer
+    tokenizer = load_tokenizer(info.path)
+    out_dir = Path(settings.output_dir)
+    writers = {name: IndexedDatasetWriter(out_dir / name, np.dtype(info.dtype)) for name in job.output_names()}
+    log = InputLog()
+    sources: dict[str, Counter] = {}
+    set_names: dict[str, Counter] = {}
+
+    def write_batch(batch: list[Document]) -> None:
+        tokens = 0
+        for doc, ids in zip(batch, encode_documents(tokenizer, [d.text for d in batch], info.eod_id)):
+            held_out = job.heldout_name is not None and is_held_out(
+                doc.source, doc.line, settings.validation_fraction, settings.split_seed
+            )
+            writers[job.heldout_name if held_out else job.name].add_document(ids)
+            prefix = "heldout_" if held_out else ""
+            for counter in (sources[doc.source], set_names.setdefault(str(doc.set_name), Counter())):
+                counter[prefix + "documents"] += 1
+                counter[prefix + "tokens"] += len(ids)
+            tokens += len(ids)
+        if report is not None:
+            report(len(batch), tokens)
+
+    try:
+        for source in [f.key for f in job.files] or [job.hub_source]:
+            sources[source] = Counter()  # every input is listed, even one with no valid document
+        batch: list[Document] = []
+        for doc in _job_documents(job, settings, log):
+            batch.append(doc)
+            if len(batch) == ENCODE_BATCH_DOCS:
+                write_batch(batch)
+                batch = []
+        if batch:
+            write_batch(batch)
+        for writer in writers.values():
+            writer.finish()
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    for writer in writers.values():
+        writer.commit()
+
+    record = {
+        "job": job.name,
+        "fingerprint": job.fingerprint(settings),
+        "outputs": [
+            {
+                "name": name,
+                "split": "val" if name == job.heldout_name else job.split,
+                "num_documents": w.num_documents,
+                "num_tokens": w.num_tokens,
+            }
+            for name, w in writers.items()
+        ],
+        "sources": {k: _counts(c) for k, c in sources.items()},
+        "source_paths": {f.key: f.path for f in job.files},
+        "set_names": {k: _counts(c) for k, c in sorted(set_names.items())},
+        "input_log": log.to_dict(),
+    }
+    _write_record(progress_path(settings, job.name), record)  # last: the job counts as done from here
+    return record
+
+
+def _counts(c: Counter) -> dict:
+    keys = ("documents", "tokens", "heldout_documents", "heldout_tokens")
+    return {k: c.get(k, 0) for k in keys}
