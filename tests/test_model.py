@@ -93,6 +93,24 @@ def test_document_reset_equals_separate_documents(family):
 
 
 @pytest.mark.parametrize("family", ["paper", "large"])
+def test_state_passing_with_documents_equals_one_pass(family):
+    """Segments with carried state (TBPTT, context parallelism) give the one-pass logits, also when
+    documents start inside a segment, right at a segment edge, or within the conv's reach of one."""
+    model = build_model(tiny(family)).double().eval()
+    ids = torch.randint(0, 61, (2, 40))
+    bounds = torch.zeros(2, 40, dtype=torch.bool)
+    bounds[0, [0, 9, 18, 31]] = True  # 18: a document starts 2 tokens before the edge at 20 ...
+    bounds[1, [0, 20, 21, 38]] = True  # 20: exactly at the edge; 38: inside the last segment
+    with torch.no_grad():
+        full = model(ids, doc_boundaries=bounds)
+        state, outs = None, []
+        for a, b in [(0, 10), (10, 20), (20, 33), (33, 40)]:
+            logits, state = model(ids[:, a:b], state=state, doc_boundaries=bounds[:, a:b], return_state=True)
+            outs.append(logits)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("family", ["paper", "large"])
 def test_mlstm_forms_give_same_logits_and_grads(family):
     ids = torch.randint(0, 61, (2, 21))
     results = []

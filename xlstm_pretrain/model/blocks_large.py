@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import xlstm_kernels
-
+from .cells import MLSTMCell
 from .components import MultiHeadLayerNorm, RMSNorm, SwiGLU, small_init_, soft_cap, wang_init_
 from .config import ModelConfig
 
@@ -31,6 +30,7 @@ class LargeMLSTMLayer(nn.Module):
         self.ogate_preact = nn.Linear(d, cfg.v_dim, bias=False)
         self.igate_preact = nn.Linear(d, NH, bias=True)
         self.fgate_preact = nn.Linear(d, NH, bias=True)
+        self.cell = MLSTMCell(cfg)
         self.multihead_norm = MultiHeadLayerNorm(NH, cfg.v_head_dim, eps=cfg.norm_eps, residual_weight=False)
         self.out_proj = nn.Linear(cfg.v_dim, d, bias=False)
 
@@ -55,11 +55,7 @@ class LargeMLSTMLayer(nn.Module):
         v = self.v(x).view(B, S, NH, -1).transpose(1, 2)
         i = soft_cap(self.igate_preact(x), cap).transpose(1, 2)
         f = soft_cap(self.fgate_preact(x), cap).transpose(1, 2)
-        out = xlstm_kernels.mlstm(
-            q, k, v, i, f, backend=self.cfg.backend, form=self.cfg.mlstm_form, chunk_size=self.cfg.chunk_size,
-            eps=self.cfg.eps, initial_state=(state or {}).get("cell"), reset=reset, return_final_state=return_state,
-        )
-        h, cell_state = out if return_state else (out, None)
+        h, cell_state = self.cell(q, k, v, i, f, (state or {}).get("cell"), reset, return_state)
         h = self.multihead_norm(h.transpose(1, 2))  # (B, S, v_dim)
         y = self.out_proj(torch.sigmoid(self.ogate_preact(x)) * h)
         return y, ({"cell": cell_state} if return_state else None)

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import xlstm_kernels
-
 from .components import CausalConv1d, GatedFeedForward, LayerNorm, LinearHeadwise, MultiHeadLayerNorm, small_init_, wang_init_
+from .cells import MLSTMCell, SLSTMCell
 from .config import ModelConfig
 
 
@@ -36,6 +35,7 @@ class PaperMLSTMLayer(nn.Module):
         self.v_proj = LinearHeadwise(D, D, n_qkv_blocks)
         self.igate = nn.Linear(3 * D, NH, bias=True)
         self.fgate = nn.Linear(3 * D, NH, bias=True)
+        self.cell = MLSTMCell(cfg)
         self.outnorm = MultiHeadLayerNorm(NH, D // NH, eps=1e-5, residual_weight=True)
         self.learnable_skip = nn.Parameter(torch.ones(D))
         self.proj_down = nn.Linear(D, d, bias=False)
@@ -69,12 +69,8 @@ class PaperMLSTMLayer(nn.Module):
         def heads(t):
             return t.view(B, S, NH, -1).transpose(1, 2)
 
-        out = xlstm_kernels.mlstm(
-            heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
-            backend=self.cfg.backend, form=self.cfg.mlstm_form, chunk_size=self.cfg.chunk_size, eps=self.cfg.eps,
-            initial_state=state.get("cell"), reset=reset, return_final_state=return_state,
-        )
-        h, cell_state = out if return_state else (out, None)
+        h, cell_state = self.cell(heads(q), heads(k), heads(v), i.transpose(1, 2), f.transpose(1, 2),
+                                  state.get("cell"), reset, return_state)
         h = self.outnorm(h.transpose(1, 2))  # (B, S, D)
         y = self.proj_down((h + self.learnable_skip * x_c) * F.silu(z))
         return y, ({"conv": conv_state, "cell": cell_state} if return_state else None)
@@ -94,6 +90,7 @@ class PaperSLSTMLayer(nn.Module):
         # R[g, h]: recurrent weights of gate g (i, f, z, o) in head h; y_{t-1}[h] @ R[g, h]
         self.recurrent_kernel = nn.Parameter(torch.zeros(4, NH, self.head_dim, self.head_dim))
         self.bias = nn.Parameter(torch.zeros(4, NH, self.head_dim))
+        self.cell = SLSTMCell(cfg)
         self.group_norm = MultiHeadLayerNorm(NH, self.head_dim, eps=1e-5, residual_weight=True)
 
     def reset_parameters(self):
@@ -124,11 +121,7 @@ class PaperSLSTMLayer(nn.Module):
             x_c = x
         wx = torch.stack([self.igate(x_c), self.fgate(x_c), self.zgate(x), self.ogate(x)], dim=2)
         wx = wx.view(B, S, 4, self.num_heads, self.head_dim)
-        out = xlstm_kernels.slstm(
-            wx, self.recurrent_kernel, self.bias, backend=self.cfg.backend,
-            initial_state=state.get("cell"), reset=reset, return_final_state=return_state,
-        )
-        y, cell_state = out if return_state else (out, None)
+        y, cell_state = self.cell(wx, self.recurrent_kernel, self.bias, state.get("cell"), reset, return_state)
         y = self.group_norm(y)  # (B, S, d)
         return y, ({"conv": conv_state, "cell": cell_state} if return_state else None)
 

@@ -100,7 +100,8 @@ class CausalConv1d(nn.Module):
     """Depthwise causal conv: y_t = sum_{j<K} w[c, j] x_{t-K+1+j} + b[c].
 
     ``state`` holds the last K-1 inputs before the sequence (zeros = no history). With ``reset``
-    (B, S), inputs from an earlier document are not seen (the conv restarts at each document).
+    (B, S), inputs from an earlier document are not seen (the conv restarts at each document), and the
+    returned state keeps only the last document's inputs, so state passing stays exact across resets.
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True):
@@ -141,7 +142,13 @@ class CausalConv1d(nn.Module):
                 y = y + src * same_doc * w[:, K - 1 - lag]
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
-        return y, xx[:, xx.shape[1] - (K - 1) :]
+        tail = xx[:, xx.shape[1] - (K - 1) :]
+        if reset is not None:
+            # Inputs of a document that ended inside the tail are invisible to whatever continues the
+            # sequence (the next segment's tokens belong to the last document or start a new one): drop them.
+            tail_seg = seg[:, seg.shape[1] - (K - 1) :]
+            tail = tail * (tail_seg == seg[:, -1:])[..., None]
+        return y, tail
 
 
 # ---- linear layers -------------------------------------------------------------------------------
