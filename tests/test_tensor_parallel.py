@@ -1,4 +1,5 @@
-"""Tensor parallelism (+ Megatron SP) and DeepSpeed ZeRO 1/2/3 against single-process runs (gloo, 4 ranks)."""
+"""Tensor parallelism (+ Megatron SP) and DeepSpeed ZeRO 1/2/3 (with TP x DP and CP x DP) against
+single-process runs (gloo, 4 ranks)."""
 
 import pytest
 
@@ -30,8 +31,10 @@ def test_tp_matches_single_process(tp_results, case):
         assert not sp_ops & set(r["collectives"]) and "reduce_from_tp" in r["collectives"]
 
 
-ZERO_CASES = [(family, stage, False, 1) for family in ("paper", "large") for stage in (1, 2, 3)]
-ZERO_CASES += [("paper", 2, False, 2), ("paper", 2, True, 1), ("large", 3, True, 1)]
+# (family, zero stage, bf16, grad accumulation, tp, cp)
+ZERO_CASES = [(family, stage, False, 1, 2, 1) for family in ("paper", "large") for stage in (1, 2, 3)]
+ZERO_CASES += [("paper", 2, False, 2, 2, 1), ("paper", 2, True, 1, 2, 1), ("large", 3, True, 1, 2, 1)]
+ZERO_CASES += [(family, 2, False, 1, 1, 2) for family in ("paper", "large")]  # context parallel x DP, 3 steps
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def zero_results():
     return run_distributed(zero_cases, 4, ZERO_CASES)[0]
 
 
-@pytest.mark.parametrize("case", ZERO_CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{'bf16' if c[2] else 'fp32'}-ga{c[3]}")
+@pytest.mark.parametrize("case", ZERO_CASES, ids=lambda c: f"{c[0]}-zero{c[1]}-{'bf16' if c[2] else 'fp32'}-ga{c[3]}-tp{c[4]}-cp{c[5]}")
 def test_zero_tp2_dp2_matches_single_process(zero_results, case):
     r = zero_results[case]
     bf16 = case[2]

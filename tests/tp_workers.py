@@ -73,7 +73,7 @@ def tp_equivalence(cases):
     return out
 
 
-def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2):
+def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2, cp=1):
     """TP x DP under DeepSpeed ZeRO vs one process on the same global batches: losses, grad norms,
     final (gathered) weights."""
     import deepspeed
@@ -81,8 +81,10 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
 
     from xlstm_pretrain.parallel.zero import deepspeed_config, initialize_deepspeed
 
+    from xlstm_pretrain.parallel import apply_context_parallel, shard_sequence, token_count
+
     cfg = tiny_config(family)
-    state = init_parallel_state(ParallelConfig(tensor_parallel=tp))
+    state = init_parallel_state(ParallelConfig(tensor_parallel=tp, context_parallel=cp))
     dp, dp_rank = state.dp, state.dp_rank
     B_global, S, lr = 8, 16, 3e-3
     data = [batch(B=B_global, S=S, seed=100 + s) for s in range(steps)]
@@ -101,7 +103,7 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
         ref_losses.append(loss.item())
 
     torch.manual_seed(0)
-    model = parallelize_model(build_model(cfg), state)
+    model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
     if bf16:
         model = model.to(torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
@@ -114,12 +116,15 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
         step_loss = 0.0
         for a in range(grad_accum):
             r = slice(rows.start + a * micro, rows.start + (a + 1) * micro)
-            loss = lm_loss(model, engine(ids[r], doc_boundaries=bounds[r]), labels[r]).mean()
+            local = shard_sequence(dict(ids=ids[r], labels=labels[r], bounds=bounds[r]), state, cfg.chunk_size)
+            # token-loss sum of this CP shard / tokens of the whole sequences (gradients are summed over CP)
+            logits = engine(local["ids"], doc_boundaries=local["bounds"])
+            loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / grad_accum
         t = torch.tensor([step_loss])
-        dist.all_reduce(t, group=state.dp_group)
+        dist.all_reduce(t, group=state.dp_cp_group)
         losses.append(t.item() / dp)
         norms.append(float(engine.get_global_grad_norm()))
     params = list(model.parameters())
@@ -133,12 +138,80 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
 
 
 def zero_cases(cases):
-    """Several ZeRO comparisons in one spawned group: {(family, stage, bf16, grad_accum): result}."""
+    """Several ZeRO comparisons in one spawned group: {(family, stage, bf16, grad_accum, tp, cp): result}."""
     import time
 
     out = {}
-    for family, stage, bf16, ga in cases:
+    for case in cases:
+        family, stage, bf16, ga, tp, cp = case
         t0 = time.time()
-        out[(family, stage, bf16, ga)] = zero_vs_single_process(family, stage, bf16, grad_accum=ga)
-        out[(family, stage, bf16, ga)]["seconds"] = time.time() - t0
+        out[case] = zero_vs_single_process(family, stage, bf16, grad_accum=ga, tp=tp, cp=cp,
+                                           steps=3 if cp > 1 else 5)
+        out[case]["seconds"] = time.time() - t0
+    return out
+
+
+def cp_equivalence(cases):
+    """For each (family, tp, cp, sequence_parallel, backend): max errors of the CP(xTP) run against one process:
+    outputs (gathered along the sequence), loss, every gradient (summed over CP ranks, gathered over TP),
+    the final state, and per-layer communication volume."""
+    import torch.distributed as dist
+
+    from xlstm_pretrain.parallel import apply_context_parallel, shard_sequence, token_count
+
+    out = {}
+    B, S = 2, 64
+    ids, labels, _ = batch(B=B, S=S)
+    bounds = torch.zeros(B, S, dtype=torch.bool)
+    bounds[:, 0] = True
+    bounds[0, [16, 30, 33, 48]] = True  # on a CP=4 edge (16, 48), just before (30) and after (33) the CP=2 edge
+    bounds[1, [31, 32, 47]] = True  # one token before an edge, on it, and one before another
+    for family, tp, cp, sp, backend in cases:
+        cfg = tiny_config(family)
+        cfg.backend = backend
+        state = init_parallel_state(ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp))
+        torch.manual_seed(0)
+        ref = build_model(cfg)
+        ref_logits, ref_state = ref(ids, doc_boundaries=bounds, return_state=True)
+        ref_loss = lm_loss(ref, ref_logits, labels).sum() / labels.numel()
+        ref_loss.backward()
+        ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+
+        torch.manual_seed(0)
+        model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
+        local = shard_sequence(dict(input_ids=ids, labels=labels, doc_boundaries=bounds), state, cfg.chunk_size)
+        mappings.comm_log = []
+        logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"], return_state=True)
+        n_fwd = len(mappings.comm_log)
+        fwd_bytes = {}
+        for name, nbytes in mappings.comm_log:
+            fwd_bytes[name] = fwd_bytes.get(name, 0) + nbytes
+        mappings.comm_log = None
+        # each CP rank: its token-loss sum / the global token count (gradients are then summed over CP)
+        loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
+        loss.backward()
+        grads = {}
+        for n, p in model.named_parameters():
+            g = p.grad.clone()
+            dist.all_reduce(g, group=state.cp_group)
+            grads[n] = g
+        grads = gather_full_state_dict(model, grads)
+        full_logits = gather_logits(model, logits)
+        parts = [torch.empty_like(full_logits) for _ in range(cp)]
+        dist.all_gather(parts, full_logits.contiguous(), group=state.cp_group)
+        full_logits = torch.cat(parts, 1)
+        total_loss = loss.detach().clone()
+        dist.all_reduce(total_loss, group=state.cp_group)
+        grad_err = {n: (grads[n] - g).abs().max().item() / max(1.0, g.abs().max().item()) for n, g in ref_grads.items()}
+        worst = max(grad_err, key=grad_err.get)
+        state_err = 0.0
+        for blk_ref, blk in zip(ref_state, final_state):
+            for key in blk_ref:
+                for a, b in zip(blk_ref[key], blk[key]):
+                    if tp == 1:  # (with TP the states hold local heads/channels only)
+                        state_err = max(state_err, (a - b).abs().max().item())
+        out[(family, tp, cp, sp, backend)] = dict(
+            logits=(full_logits - ref_logits).abs().max().item(), loss=abs(total_loss.item() - ref_loss.item()),
+            grad=grad_err[worst], worst_grad=worst, state=state_err, fwd_bytes=fwd_bytes, n_fwd=n_fwd,
+        )
     return out

@@ -10,7 +10,7 @@ from xlstm_pretrain.config_loader import ConfigError
 @dataclass
 class ParallelConfig:
     tensor_parallel: int = 1
-    context_parallel: int = 1  # reserved for context parallelism (state passing across sequence shards)
+    context_parallel: int = 1  # sequence split across ranks, recurrent state passed between shards
     sequence_parallel: bool = False  # Megatron sequence parallelism inside the TP group
 
     def validate(self) -> None:
@@ -45,9 +45,12 @@ def check_layout(model_cfg, parallel_cfg: ParallelConfig, world_size: int, seq_l
         if m.slstm_at:
             need(m.slstm_num_heads % tp == 0, f"slstm_num_heads={m.slstm_num_heads} is not divisible by "
                                               f"tensor_parallel={tp}")
+    if cp > 1 and seq_len is not None:
+        need(seq_len % (cp * m.chunk_size) == 0, f"sequence length {seq_len} must be a multiple of context_parallel x "
+                                                 f"chunk_size = {cp} x {m.chunk_size}")
     if parallel_cfg.sequence_parallel and seq_len is not None:
-        need(seq_len % tp == 0, f"sequence length {seq_len} is not divisible by tensor_parallel={tp} "
-                                "(sequence parallelism splits it)")
+        need((seq_len // cp) % tp == 0, f"sequence length {seq_len} / context_parallel {cp} is not divisible by "
+                                        f"tensor_parallel={tp} (sequence parallelism splits it)")
     if problems:
         raise ConfigError("impossible parallel layout: " + "; ".join(problems))
     return world_size // (tp * cp)

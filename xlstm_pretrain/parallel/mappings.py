@@ -13,6 +13,11 @@ Megatron sequence parallelism (activations split along dim 1 = sequence between 
     sequence_to_tp             fwd all-to-all (B, S/t, D) -> (B, S, D/t)    bwd the inverse all-to-all
     tp_to_sequence             fwd all-to-all (B, S, D/t) -> (B, S/t, D)    bwd the inverse all-to-all
 
+Context parallelism (CP group, sequence split contiguously across ranks):
+    all_gather_stack           fwd all-gather into a new leading dim    bwd reduce-scatter
+    recv_from_previous         fwd recv state from rank-1               bwd send its gradient to rank-1
+    send_to_next               fwd send state to rank+1                 bwd recv its gradient from rank+1
+
 Every function takes the process group explicitly and is the identity when the group has one rank.
 An optional ``comm_log`` list records (name, bytes sent) per call, for the communication benchmark.
 """
@@ -255,3 +260,94 @@ def all_reduce_grad_hook(group):
         return _all_reduce(grad, group, "sequence_parallel_param_grad")
 
     return hook
+
+
+# ---- context parallelism: gather per-rank summaries, pass state along the ring ------------------
+
+
+class _AllGatherStack(torch.autograd.Function):
+    """fwd: every rank's tensor, stacked along a new leading dim; bwd: each rank gets the sum over
+    ranks of the gradients for its slot (a reduce-scatter): later ranks' use of a summary flows back."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x[None], group, 0, "all_gather_stack")
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter(g, ctx.group, 0, "all_gather_stack.bwd")[0], None
+
+
+def all_gather_stack(x, group):
+    return _AllGatherStack.apply(x, group) if _world(group) > 1 else x[None]
+
+
+def _global_rank(group, group_rank: int) -> int:
+    return dist.get_global_rank(group, group_rank)
+
+
+class _RecvFromPrevious(torch.autograd.Function):
+    """fwd: receive a state from the previous rank of ``group``; bwd: send its gradient back there.
+    ``anchor`` is an empty tensor requiring grad, so that autograd calls this backward."""
+
+    @staticmethod
+    def forward(ctx, anchor, shape, dtype, group):
+        ctx.group = group
+        buf = torch.empty(shape, dtype=dtype, device=anchor.device)
+        if comm_log is not None:
+            comm_log.append(("recv_state", 0))
+        dist.recv(buf, src=_global_rank(group, _rank(group) - 1), group=group)
+        return buf
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous()
+        _log("recv_state.bwd", g, ctx.group)
+        dist.send(g, dst=_global_rank(ctx.group, _rank(ctx.group) - 1), group=ctx.group)
+        return None, None, None, None
+
+
+class _SendToNext(torch.autograd.Function):
+    """fwd: send a state to the next rank of ``group`` and return a zero to add to this rank's output
+    (so autograd visits this node); bwd: receive the state's gradient from the next rank."""
+
+    @staticmethod
+    def forward(ctx, x, out_dtype, group):
+        ctx.group, ctx.shape, ctx.dtype, ctx.device = group, x.shape, x.dtype, x.device
+        x = x.detach().contiguous()
+        _log("send_state", x, group)
+        dist.send(x, dst=_global_rank(group, _rank(group) + 1), group=group)
+        return torch.zeros((), dtype=out_dtype, device=x.device)
+
+    @staticmethod
+    def backward(ctx, _):
+        g = torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device)
+        dist.recv(g, src=_global_rank(ctx.group, _rank(ctx.group) + 1), group=ctx.group)
+        return g, None, None
+
+
+def recv_from_previous(shape, dtype, group, device=None):
+    anchor = torch.empty(0, device=device, requires_grad=True)
+    return _RecvFromPrevious.apply(anchor, tuple(shape), dtype, group)
+
+
+def send_to_next(x, out_dtype, group):
+    return _SendToNext.apply(x, out_dtype, group)
+
+
+class _DependOn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, other):
+        ctx.other_shape, ctx.other_dtype = other.shape, other.dtype
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, torch.zeros(ctx.other_shape, dtype=ctx.other_dtype, device=g.device)
+
+
+def depend_on(x, other):
+    """``x`` unchanged, but ``other`` joins its autograd graph (with a zero gradient): a collective whose
+    output one rank does not use must still run its backward on that rank, or the others wait forever."""
+    return _DependOn.apply(x, other) if other.requires_grad else x

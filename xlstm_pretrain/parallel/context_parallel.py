@@ -1,0 +1,167 @@
+"""Context parallelism: each sample's sequence is split contiguously across the CP ranks, every rank
+runs its chunkwise kernel on its shard, and the recurrent state crosses shard boundaries.
+
+- mLSTM (linear recurrence, design.md §3): each rank summarises its shard as (log F, C, n, m) - the
+  state its shard alone produces from an empty start, and its total log-forget (-inf if a document
+  starts in it). One all-gather of the summaries (B*NH*(DHQK*DHV + DHQK + 2) floats per rank and
+  layer) lets every rank prefix-combine the earlier shards into its initial state without waiting on
+  them; the shard is then run from that state. Backward mirrors it through autograd: the all-gather's
+  adjoint (a reduce-scatter) returns to every rank the gradient of its summary from all later ranks.
+- sLSTM (non-linear): the state is passed rank to rank (serial, memory still sharded); gradients of
+  each received state go back to the previous rank.
+- causal conv: each rank receives the last K-1 inputs of the previous rank (a halo).
+Document resets that fall on or across shard edges behave exactly as without CP.
+
+Modules are converted in place by swapping their class (as FSDP2's fully_shard does), so parameter
+names and the plain model's layers stay untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from xlstm_pretrain.config_loader import ConfigError
+from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
+from xlstm_pretrain.model.components import CausalConv1d
+
+from .mappings import all_gather_stack, depend_on, recv_from_previous, send_to_next
+from .state import ParallelState
+
+# "Empty" stabiliser: a state with no contribution at all (not even the zero state's m = 0 floor).
+# Finite, so that every backend handles it; exp(EMPTY_M - anything reachable) is exactly 0 in fp32.
+EMPTY_M = -1e30
+
+
+def combine_mlstm_state(state, summary):
+    """State before a segment, then the segment's summary -> state after it (stabilised, associative)."""
+    C_a, n_a, m_a = state
+    log_F, C_s, n_s, m_s = summary
+    m = torch.maximum(log_F + m_a, m_s)
+    w_a, w_s = torch.exp(log_F + m_a - m), torch.exp(m_s - m)
+    return w_a[..., None] * C_a + w_s[..., None] * C_s, w_a * n_a + w_s * n_s, m
+
+
+class ContextParallelMLSTMCell(MLSTMCell):
+    cp_group = None
+
+    def forward(self, q, k, v, i, f, state=None, reset=None, return_state=False):
+        group = self.cp_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        B, NH, S, DHQK = q.shape
+        DHV = v.shape[-1]
+        cdt = torch.promote_types(q.dtype, torch.float32)
+        # 1. this shard's summary, from an empty state
+        empty = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
+                 q.new_full((B, NH, 1), EMPTY_M, dtype=cdt))
+        _, (C_s, n_s, m_s) = super().forward(q, k, v, i, f, empty, reset, True)
+        log_F = F.logsigmoid(f.to(cdt)).sum(-1, keepdim=True)  # (B, NH, 1)
+        if reset is not None:  # a document starting in this shard cuts everything before it
+            log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)
+        packed = torch.cat([log_F, m_s, n_s, C_s.flatten(-2)], dim=-1)
+        gathered = all_gather_stack(packed, group)  # (world, B, NH, 2 + DHQK + DHQK*DHV)
+
+        def unpack(p):
+            return p[..., :1], p[..., 2 + DHQK :].view(B, NH, DHQK, DHV), p[..., 2 : 2 + DHQK], p[..., 1:2]
+
+        # 2. prefix-combine the earlier shards into this shard's initial state, run the shard from it
+        if state is None:
+            state = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
+                     q.new_zeros(B, NH, 1, dtype=cdt))
+        carried = state
+        for j in range(rank):
+            log_F_j, C_j, n_j, m_j = unpack(gathered[j])
+            carried = combine_mlstm_state(carried, (log_F_j, C_j, n_j, m_j))
+        h, _ = super().forward(q, k, v, i, f, carried, reset, False)
+        h = depend_on(h, gathered)  # every rank takes part in the gather's backward (rank 0 uses none of it)
+        if not return_state:
+            return h, None
+        final = carried  # the state after the whole sequence (identical on every CP rank)
+        for j in range(rank, world):
+            final = combine_mlstm_state(final, unpack(gathered[j]))
+        return h, final
+
+
+class ContextParallelSLSTMCell(SLSTMCell):
+    cp_group = None
+
+    def forward(self, wx, R, b, state=None, reset=None, return_state=False):
+        group = self.cp_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        B, S, _, NH, DH = wx.shape
+        cdt = torch.promote_types(wx.dtype, torch.float32)
+        if rank > 0:  # wait for the previous shard's final state
+            state = tuple(recv_from_previous((4, B, NH, DH), cdt, group, wx.device).unbind(0))
+        y, final = super().forward(wx, R, b, state, reset, True)
+        if rank < world - 1:
+            y = y + send_to_next(torch.stack(final), y.dtype, group)
+        if not return_state:
+            return y, None
+        final = torch.stack(final).detach()
+        dist.broadcast(final, src=dist.get_global_rank(group, world - 1), group=group)
+        return y, tuple(final.unbind(0))
+
+
+class ContextParallelCausalConv1d(CausalConv1d):
+    cp_group = None
+
+    def forward(self, x, state=None, reset=None):
+        group = self.cp_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        K, S = self.kernel_size, x.shape[1]
+        if S < K - 1:
+            raise ValueError(f"context parallel conv: a shard of {S} tokens is shorter than the kernel halo {K - 1}")
+        tail = x[:, S - (K - 1) :]
+        if reset is not None:  # inputs of a document that ends inside the tail are invisible to the next shard
+            seg = reset[:, S - (K - 1) :].long().cumsum(1)
+            tail = tail * (seg == seg[:, -1:])[..., None]
+        tails = all_gather_stack(tail, group)  # (world, B, K-1, C)
+        halo = state if rank == 0 else tails[rank - 1]
+        y, _ = super().forward(x, halo, reset)
+        return depend_on(y, tails), tails[world - 1]
+
+
+_CP_CLASSES = {MLSTMCell: ContextParallelMLSTMCell, SLSTMCell: ContextParallelSLSTMCell,
+               CausalConv1d: ContextParallelCausalConv1d}
+
+
+def apply_context_parallel(model, state: ParallelState):
+    """Convert every cell and causal conv of ``model`` to its context-parallel version (no-op for cp=1)."""
+    model.parallel_state = state
+    if state.cp == 1:
+        return model
+    for module in model.modules():
+        cp_cls = _CP_CLASSES.get(type(module))
+        if cp_cls is not None:
+            module.__class__ = cp_cls
+            module.cp_group = state.cp_group
+    return model
+
+
+def shard_sequence(batch: dict, state: ParallelState, chunk_size: int | None = None) -> dict:
+    """This CP rank's contiguous slice of every (B, S) tensor in ``batch``."""
+    if state.cp == 1:
+        return batch
+    out = {}
+    for key, t in batch.items():
+        if not torch.is_tensor(t) or t.dim() < 2:
+            out[key] = t
+            continue
+        S = t.shape[1]
+        multiple = state.cp * (chunk_size or 1)
+        if S % multiple:
+            raise ConfigError(f"sequence length {S} of batch[{key!r}] must be a multiple of context_parallel x "
+                              f"chunk_size = {multiple}")
+        n = S // state.cp
+        out[key] = t[:, state.cp_rank * n : (state.cp_rank + 1) * n]
+    return out
+
+
+def token_count(labels: torch.Tensor, state: ParallelState, ignore_index: int = -100) -> torch.Tensor:
+    """Number of target tokens of the whole (unsharded) sequences of this data-parallel rank."""
+    n = (labels != ignore_index).sum().to(torch.float32)
+    if state.cp > 1:
+        n = n.clone()
+        dist.all_reduce(n, group=state.cp_group)
+    return n
