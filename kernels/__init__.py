@@ -30,8 +30,27 @@ def _slstm_torch(wx, R, b, *, initial_state=None, reset=None, return_final_state
     return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset, return_final_state=return_final_state)
 
 
-MLSTM_BACKENDS = {"torch": _mlstm_torch}
-SLSTM_BACKENDS = {"torch": _slstm_torch}
+def _mlstm_triton(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
+                  chunk_size=64, form="chunkwise"):
+    # triton is imported lazily: `import xlstm_kernels` works without it (the self-check then falls back).
+    from .selfcheck import mlstm_triton_backend
+
+    return mlstm_triton_backend(q, k, v, i, f, initial_state=initial_state, reset=reset,
+                                return_final_state=return_final_state, eps=eps, chunk_size=chunk_size, form=form)
+
+
+def _slstm_triton(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
+    from .selfcheck import slstm_triton_backend
+
+    return slstm_triton_backend(wx, R, b, initial_state=initial_state, reset=reset,
+                                return_final_state=return_final_state)
+
+
+# "triton": Triton kernels (kernels/mlstm/chunkwise_triton.py, kernels/slstm/recurrent_triton.py), checked
+# against "torch" on first use per (device, dtype) with a torch fallback (kernels/selfcheck.py,
+# env XLSTM_KERNEL_SELFCHECK=warn|raise|off). The triton mLSTM computes the chunkwise form only.
+MLSTM_BACKENDS = {"torch": _mlstm_torch, "triton": _mlstm_triton}
+SLSTM_BACKENDS = {"torch": _slstm_torch, "triton": _slstm_triton}
 
 
 def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):

@@ -11,6 +11,7 @@ from xlstm_pretrain.parallel import ParallelConfig, check_layout
 # (family, tp, cp, sequence_parallel, backend)
 CP_CASES = [(f, 1, cp, False, "torch") for f in ("paper", "large") for cp in (2, 4)]
 CP_CASES += [(f, 2, 2, sp, "torch") for f in ("paper", "large") for sp in (False, True)]
+CP_CASES += [("paper", 1, 2, False, "triton")]  # Triton mLSTM + sLSTM kernels (interpreter on CPU)
 
 
 @pytest.fixture(scope="module")

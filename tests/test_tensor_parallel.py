@@ -24,6 +24,7 @@ def test_tp_matches_single_process(tp_results, case):
     assert r["n_grads"] == r["n_ref"] and r["same_keys"]
     # checkpoints move between TP degrees without changing outputs
     assert r["ckpt_to_tp1"] < 1e-5 and r["ckpt_to_tpn"] < 1e-5
+    assert r["gathered_exact"]  # (before any update: the model equals the same-seed TP=1 model bit for bit)
     sp_ops = {"gather_from_sequence", "reduce_scatter_to_sequence"}
     if case[2]:
         assert sp_ops <= set(r["collectives"]), r["collectives"]
@@ -65,7 +66,7 @@ def test_impossible_layouts_fail_before_any_collective():
     odd_vocab.vocab_size = 50257
     with pytest.raises(ConfigError, match="vocab_size=50257 is not divisible"):
         check_layout(odd_vocab, ParallelConfig(tensor_parallel=2), world_size=2)
-    with pytest.raises(ConfigError, match="sequence length 15 is not divisible"):
+    with pytest.raises(ConfigError, match="sequence length 15 / context_parallel 1 is not divisible"):
         check_layout(cfg, ParallelConfig(tensor_parallel=2, sequence_parallel=True), world_size=2, seq_len=15)
     with pytest.raises(ConfigError, match="sequence_parallel=true needs tensor_parallel > 1"):
         ParallelConfig(sequence_parallel=True).validate()

@@ -26,6 +26,11 @@ def batch(B=2, S=16, V=64, seed=123):
     return ids[:, :-1], ids[:, 1:], bounds
 
 
+def build_model_seeded(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
 def forward_backward(model, ids, labels, bounds):
     logits = model(ids, doc_boundaries=bounds)
     loss = lm_loss(model, logits, labels).mean()
@@ -49,7 +54,7 @@ def tp_equivalence(cases):
         model = parallelize_model(build_model(cfg), state)
         mappings.comm_log = []
         logits, loss, grads = forward_backward(model, ids, labels, bounds)
-        collectives = sorted({name for name, _ in mappings.comm_log})
+        collectives = sorted({entry[0] for entry in mappings.comm_log})
         mappings.comm_log = None
         grad_err = {n: (grads[n] - g).abs().max().item() / max(1.0, g.abs().max().item()) for n, g in ref_grads.items()}
         worst = max(grad_err, key=grad_err.get)
@@ -68,6 +73,8 @@ def tp_equivalence(cases):
             logits=(logits - ref_logits).abs().max().item(), loss=abs(loss.item() - ref_loss.item()),
             grad=grad_err[worst], worst_grad=worst, n_grads=len(grads), n_ref=len(ref_grads),
             same_keys=set(full) == set(ref.state_dict()), ckpt_to_tp1=ckpt_to_tp1, ckpt_to_tpn=ckpt_to_tpn,
+            # the gathered TP=N state dict is bit-identical to TP=1's, so exports from either are identical
+            gathered_exact=all(torch.equal(full[k], v) for k, v in build_model_seeded(cfg).state_dict().items()),
             collectives=collectives,
         )
     return out
@@ -184,8 +191,8 @@ def cp_equivalence(cases):
         logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"], return_state=True)
         n_fwd = len(mappings.comm_log)
         fwd_bytes = {}
-        for name, nbytes in mappings.comm_log:
-            fwd_bytes[name] = fwd_bytes.get(name, 0) + nbytes
+        for name, payload, _wire in mappings.comm_log:
+            fwd_bytes[name] = fwd_bytes.get(name, 0) + payload
         mappings.comm_log = None
         # each CP rank: its token-loss sum / the global token count (gradients are then summed over CP)
         loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from activation_memory import saved_activation_bytes
+
 
 def hf_native_chunkwise():
     """transformers' pure-PyTorch fallback (only defined when the `xlstm` package is absent: hide it)."""
@@ -67,21 +69,6 @@ def bench_time(args):
     print(f"  ours (xlstm_kernels.mlstm_chunkwise)        {t_ours * 1e3:9.1f} ms")
     print(f"  transformers mlstm_chunkwise_native_autograd {t_hf * 1e3:9.1f} ms")
     print(f"  ratio transformers/ours = {t_hf / t_ours:.2f}   max |h_ours - h_hf| = {(h_ours - h_hf).abs().max():.2e}")
-
-
-def saved_activation_bytes(fn, inputs) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward during ``fn(*inputs)``."""
-    seen = {}
-
-    def pack(t):
-        if t.requires_grad and t.grad_fn is None:  # a leaf input, not an activation
-            return t
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return sum(seen.values())
 
 
 def bench_memory(args):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
@@ -46,6 +47,9 @@ def combine_mlstm_state(state, summary):
 class ContextParallelMLSTMCell(MLSTMCell):
     cp_group = None
 
+    def _final_state(self, q, k, v, i, f, state, reset):
+        return super().forward(q, k, v, i, f, state, reset, True)[1]
+
     def forward(self, q, k, v, i, f, state=None, reset=None, return_state=False):
         group = self.cp_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -55,7 +59,8 @@ class ContextParallelMLSTMCell(MLSTMCell):
         # 1. this shard's summary, from an empty state
         empty = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
                  q.new_full((B, NH, 1), EMPTY_M, dtype=cdt))
-        _, (C_s, n_s, m_s) = super().forward(q, k, v, i, f, empty, reset, True)
+        # (recomputed in backward rather than stored: the shard's activations are kept once, by step 2)
+        C_s, n_s, m_s = checkpoint(self._final_state, q, k, v, i, f, empty, reset, use_reentrant=False)
         log_F = F.logsigmoid(f.to(cdt)).sum(-1, keepdim=True)  # (B, NH, 1)
         if reset is not None:  # a document starting in this shard cuts everything before it
             log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)

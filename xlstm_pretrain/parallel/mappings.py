@@ -19,7 +19,10 @@ Context parallelism (CP group, sequence split contiguously across ranks):
     send_to_next               fwd send state to rank+1                 bwd recv its gradient from rank+1
 
 Every function takes the process group explicitly and is the identity when the group has one rank.
-An optional ``comm_log`` list records (name, bytes sent) per call, for the communication benchmark.
+An optional ``comm_log`` list records (name, payload bytes, wire bytes) per call, for tests and the
+communication benchmark: payload = the tensor this rank hands to the collective; wire = bytes this rank
+sends under the usual ring algorithms (all-reduce 2(w-1)/w N, reduce-scatter and all-to-all (w-1)/w N
+of the full input, all-gather (w-1) x its own part, point-to-point N), as in nccl-tests' bus bandwidth.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-comm_log: list[tuple[str, int]] | None = None  # set to a list to record traffic
+comm_log: list[tuple[str, int, int]] | None = None  # set to a list to record traffic
+
+_WIRE_FACTOR = {  # bytes on the wire per payload byte, for a ring over w ranks
+    "all_reduce": lambda w: 2 * (w - 1) / w,
+    "reduce_scatter": lambda w: (w - 1) / w,
+    "all_to_all": lambda w: (w - 1) / w,
+    "all_gather": lambda w: w - 1,
+    "p2p": lambda w: 1,
+}
 
 
-def _log(name: str, t: torch.Tensor, group) -> None:
+def _log(name: str, t: torch.Tensor, group, kind: str) -> None:
     if comm_log is not None:
-        comm_log.append((name, t.numel() * t.element_size()))
+        payload = t.numel() * t.element_size()
+        comm_log.append((name, payload, int(payload * _WIRE_FACTOR[kind](_world(group)))))
 
 
 def _world(group) -> int:
@@ -50,7 +62,7 @@ def _all_reduce(x, group, name="all_reduce", op=dist.ReduceOp.SUM):
     if _world(group) == 1:
         return x
     x = x.contiguous().clone()
-    _log(name, x, group)
+    _log(name, x, group, "all_reduce")
     dist.all_reduce(x, op=op, group=group)
     return x
 
@@ -60,7 +72,7 @@ def _all_gather(x, group, dim, name="all_gather"):
     if w == 1:
         return x
     x = x.contiguous()
-    _log(name, x, group)
+    _log(name, x, group, "all_gather")
     parts = [torch.empty_like(x) for _ in range(w)]
     dist.all_gather(parts, x, group=group)
     return torch.cat(parts, dim=dim)
@@ -82,7 +94,7 @@ def _reduce_scatter(x, group, dim, name="reduce_scatter"):
     if x.shape[dim] % w:
         raise ValueError(f"cannot reduce-scatter dim {dim} of size {x.shape[dim]} across {w} ranks")
     parts = [p.contiguous() for p in x.chunk(w, dim=dim)]
-    _log(name, x, group)
+    _log(name, x, group, "reduce_scatter")
     out = torch.empty_like(parts[0])
     dist.reduce_scatter(out, parts, group=group)
     return out
@@ -95,7 +107,7 @@ def _all_to_all(x, group, split_dim, cat_dim, name="all_to_all"):
         return x
     send = [p.contiguous() for p in x.chunk(w, dim=split_dim)]
     recv = [torch.empty_like(send[0]) for _ in range(w)]
-    _log(name, x, group)
+    _log(name, x, group, "all_to_all")
     dist.all_to_all(recv, send, group=group)
     return torch.cat(recv, dim=cat_dim)
 
@@ -295,15 +307,13 @@ class _RecvFromPrevious(torch.autograd.Function):
     def forward(ctx, anchor, shape, dtype, group):
         ctx.group = group
         buf = torch.empty(shape, dtype=dtype, device=anchor.device)
-        if comm_log is not None:
-            comm_log.append(("recv_state", 0))
         dist.recv(buf, src=_global_rank(group, _rank(group) - 1), group=group)
         return buf
 
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous()
-        _log("recv_state.bwd", g, ctx.group)
+        _log("recv_state.bwd", g, ctx.group, "p2p")
         dist.send(g, dst=_global_rank(ctx.group, _rank(ctx.group) - 1), group=ctx.group)
         return None, None, None, None
 
@@ -316,7 +326,7 @@ class _SendToNext(torch.autograd.Function):
     def forward(ctx, x, out_dtype, group):
         ctx.group, ctx.shape, ctx.dtype, ctx.device = group, x.shape, x.dtype, x.device
         x = x.detach().contiguous()
-        _log("send_state", x, group)
+        _log("send_state", x, group, "p2p")
         dist.send(x, dst=_global_rank(group, _rank(group) + 1), group=group)
         return torch.zeros((), dtype=out_dtype, device=x.device)
 

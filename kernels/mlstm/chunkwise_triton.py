@@ -1,0 +1,644 @@
+"""Chunkwise mLSTM in Triton: forward and backward kernels behind a ``torch.autograd.Function``.
+
+Computes the same function as ``chunkwise.mlstm_chunkwise`` / ``naive.mlstm_parallel`` (see
+``naive.py`` for the conventions: q-scaling, fp32 state (C, n, m), eps placement, the
+``max(|n^T q|, exp(-m))`` floor, document resets that restart from the zero state with m = 0).
+Gradients are the exact gradients of that function (autograd of the reference is the ground truth),
+including the path through the normaliser and through the stabiliser m (which matters because of eps),
+and flow into the initial state (C0, n0, m0) and out of the final state (C, n, m).
+
+Notation per chunk c of L tokens (positions t, s inside the chunk), gates in fp32:
+  lf = logsigmoid(f), b_t = sum_{r<=t} lf_r (cumsum inside the chunk), seg_t = number of resets at or
+  before t inside the chunk, valid_ts = s <= t and seg_s == seg_t, lb_t = sum_{valid s} lf_s,
+  logD_ts = b_t - b_s + i_s (valid) else -inf, log_init_t = lb_t + m_c (if seg_t == 0) else lb_t,
+  m_row_t = max(log_init_t, max_s logD_ts), D_ts = exp(logD_ts - m_row_t),
+  w_init_t = exp(log_init_t - m_row_t) if seg_t == 0 else 0,
+  h_t = (sum_s D_ts (q̂_t.k_s) v_s + w_init_t C_c^T q̂_t) / (max(|den_t|, exp(-m_row_t)) + eps),
+  den_t = sum_s D_ts (q̂_t.k_s) + w_init_t q̂_t.n_c.
+  End-of-chunk state: last segment = tokens with seg == seg_{L-1}, g = lb_{L-1},
+  log_a_s = b_{L-1} - b_s + i_s (s in last segment), u = g + m_c (no reset in chunk) or g (reset: the
+  zero state's m = 0 floors the stabiliser), m_{c+1} = max(u, max_s log_a_s),
+  C_{c+1} = [no reset] exp(g + m_c - m_{c+1}) C_c + sum_s exp(log_a_s - m_{c+1}) k_s v_s^T (same for n).
+
+Kernels:
+  forward  1. ``_fw_recurrent``: one program per (b*head, DHQK tile, DHV tile) loops over the chunks and
+              stores the state before every chunk (and the final state).
+           2. ``_fw_output``: one program per (b*head, chunk, DHV tile): outputs, and m_row, den per token.
+  backward 0. ``_bw_prep``: per token 1/denom, d den, d m_row from <dh, h>.
+           1. ``_bw_recurrent``: reverse loop over chunks for dC, dn before every chunk (dC_0 = dC0).
+           2. ``_bw_dqk``: one program per (b*head, chunk): dq, dk, and the per-chunk gate gradients
+              with m held fixed, plus the routing of the m path (which argmax each max picked).
+           3. ``_bw_dv``: one program per (b*head, chunk, DHV tile): dv.
+           4. ``_bw_mchain``: one program per b*head: the scalar reverse recurrence of dm over the chunks
+              (gradient through the stabiliser chain), finishing di, d logsigmoid(f) and dm0.
+Ties in a max split the gradient like torch (maximum: halves, amax: evenly), which only matters on
+exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference). The chunk
+is ``min(chunk_size, next_pow2(S))`` but at least 16 (tl.dot needs 16): the chunk length changes only
+rounding, never the function. Memory: the states before every chunk are materialised in fp32
+(B*NH*(S/L+1)*DHQK*DHV*4 bytes, and the same again for their gradients in the backward), so larger
+chunks (128) halve that at long context. With user inputs i = -inf everywhere in a chunk's last
+segment, the reference floors m at 0 (its ``log_a_max`` guard) and these kernels do not (eps-level).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..triton_utils import INTERPRET, maybe_autotune, mm, pow2_block, prune_head_blocks
+from .naive import check_inputs
+
+NEG_INF = tl.constexpr(float("-inf"))
+
+# GPU autotuning space (the interpreter uses pow2_block sizes). Index 0 is the default config used with
+# XLSTM_TRITON_AUTOTUNE=0; tiles larger than the head dims are pruned before the search. Chosen from the
+# sm_90 register / spill report of AOT compiles (8 warps, small tiles spill least in the backward).
+_TILES = [(32, 64, 8), (32, 32, 8), (64, 64, 8), (64, 64, 4), (32, 32, 4), (32, 64, 4), (64, 128, 8), (128, 64, 8),
+          (32, 128, 8)]
+_REC_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s) for bk, bv, w in _TILES
+                for s in (2, 1)]
+_PAR_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=1)
+                for bk, bv, w in _TILES + [(32, 64, 16)]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# per-chunk gate quantities (shared by every kernel)
+# ---------------------------------------------------------------------------------------------------
+@triton.jit
+def _min_combine(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _chunk_gates(lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L: tl.constexpr, HAS_RESET: tl.constexpr):
+    t = tl.arange(0, L)
+    pos = c * L + t
+    real = pos < S
+    lf = tl.load(lf_ptr + bh * S + pos, mask=real, other=0.0)  # padding forgets nothing ...
+    ig = tl.load(ig_ptr + bh * S + pos, mask=real, other=NEG_INF)  # ... and writes nothing
+    b = tl.cumsum(lf, 0)
+    if HAS_RESET:
+        rs = tl.load(rs_ptr + bidx * S + pos, mask=real, other=0).to(tl.int32)
+        seg = tl.cumsum(rs, 0)
+        same = (t[:, None] >= t[None, :]) & (seg[:, None] == seg[None, :])
+        # lb_t = b_t - b_{r-1} with r the last reset <= t (b_{r-1} is non-increasing in r: a running min)
+        lb = b - tl.minimum(tl.associative_scan(tl.where(rs != 0, b - lf, 0.0), 0, _min_combine), 0.0)
+    else:
+        seg = tl.zeros([L], dtype=tl.int32)
+        same = t[:, None] >= t[None, :]
+        lb = b
+    valid = same & real[None, :]
+    logD = tl.where(valid, b[:, None] - b[None, :] + ig[None, :], NEG_INF)
+    seg_last = tl.max(seg, 0)
+    in_last = seg == seg_last
+    b_last = tl.sum(tl.where(t == L - 1, b, 0.0), 0)
+    g = tl.sum(tl.where(t == L - 1, lb, 0.0), 0)
+    log_a = tl.where(in_last & real, b_last - b + ig, NEG_INF)
+    cont = seg == 0
+    has_reset = seg_last > 0
+    return t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset
+
+
+@triton.jit
+def _row_max(logD, lb, cont, m_c):
+    log_init = lb + tl.where(cont, m_c, 0.0)
+    amax_d = tl.max(logD, 1)
+    m_row = tl.maximum(log_init, amax_d)
+    return log_init, amax_d, m_row
+
+
+# ---------------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------------
+@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@triton.jit
+def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, nall_ptr, mall_ptr,
+                  S, NC, NH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    pk = tl.program_id(1)
+    pv = tl.program_id(2)
+    bidx = bh // NH
+    DT = k_ptr.dtype.element_ty
+    ok = pk * BK + tl.arange(0, BK)
+    ov = pv * BV + tl.arange(0, BV)
+    mk = ok < DHQK
+    mv = ov < DHV
+    mkv = mk[:, None] & mv[None, :]
+    st_off = ok[:, None] * DHV + ov[None, :]
+    C = tl.load(C0_ptr + bh * DHQK * DHV + st_off, mask=mkv, other=0.0)
+    n = tl.load(n0_ptr + bh * DHQK + ok, mask=mk, other=0.0)
+    m = tl.load(m0_ptr + bh)
+    for c in range(NC):
+        sidx = bh * (NC + 1) + c
+        tl.store(Call_ptr + sidx * DHQK * DHV + st_off, C, mask=mkv)
+        if pv == 0:
+            tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
+            if pk == 0:
+                tl.store(mall_ptr + sidx, m)
+        t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+            lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+        u = tl.where(has_reset, g, g + m)
+        m_new = tl.maximum(u, tl.max(log_a, 0))
+        w_dec = tl.where(has_reset, 0.0, tl.exp(g + m - m_new))
+        w = tl.exp(log_a - m_new)
+        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                     other=0.0).to(tl.float32)
+        kw = kt * w[:, None]
+        C = C * w_dec + mm(tl.trans(kw), vt, DT, EMU)
+        n = n * w_dec + tl.sum(kw, 0)
+        m = m_new
+    sidx = bh * (NC + 1) + NC
+    tl.store(Call_ptr + sidx * DHQK * DHV + st_off, C, mask=mkv)
+    if pv == 0:
+        tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
+        if pk == 0:
+            tl.store(mall_ptr + sidx, m)
+
+
+@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@triton.jit
+def _fw_output(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr, den_ptr,
+               S, NC, NH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    pv = tl.program_id(2)
+    bidx = bh // NH
+    DT = q_ptr.dtype.element_ty
+    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+    sidx = bh * (NC + 1) + c
+    m_c = tl.load(mall_ptr + sidx)
+    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
+    ov = pv * BV + tl.arange(0, BV)
+    mv = ov < DHV
+    s_qk = tl.zeros([L, L], dtype=tl.float32)
+    q_c = tl.zeros([L, BV], dtype=tl.float32)
+    q_n = tl.zeros([L], dtype=tl.float32)
+    for kk in range(0, tl.cdiv(DHQK, BK)):
+        ok = kk * BK + tl.arange(0, BK)
+        mk = ok < DHQK
+        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        s_qk += mm(qt, tl.trans(kt), DT, EMU)
+        Ct = tl.load(Call_ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :], mask=mk[:, None] & mv[None, :],
+                     other=0.0)
+        q_c += mm(qt, Ct, DT, EMU)
+        nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
+        q_n += tl.sum(qt * nt[None, :], 1)
+    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
+    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0)
+    P = s_qk * scale * D
+    vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                 other=0.0).to(tl.float32)
+    num = mm(P, vt, DT, EMU) + (w_init * scale)[:, None] * q_c
+    den = tl.sum(P, 1) + w_init * scale * q_n
+    denom = tl.maximum(tl.abs(den), tl.exp(-m_row)) + eps
+    h = num / denom[:, None]
+    tl.store(h_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=real[:, None] & mv[None, :])
+    if pv == 0:
+        tl.store(mrow_ptr + bh * S + pos, m_row, mask=real)
+        tl.store(den_ptr + bh * S + pos, den, mask=real)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------------
+@triton.jit
+def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S, eps, DHV: tl.constexpr,
+             BT: tl.constexpr, BV: tl.constexpr):
+    """Per token: 1/denom, d den and the total d m_row, from <dh, h> (h = num / denom)."""
+    bh = tl.program_id(0).to(tl.int64)
+    pos = tl.program_id(1) * BT + tl.arange(0, BT)
+    real = pos < S
+    dhh = tl.zeros([BT], dtype=tl.float32)
+    for vv in range(0, tl.cdiv(DHV, BV)):
+        ov = vv * BV + tl.arange(0, BV)
+        msk = real[:, None] & (ov < DHV)[None, :]
+        off = (bh * S + pos[:, None]) * DHV + ov[None, :]
+        dhh += tl.sum(tl.load(dh_ptr + off, mask=msk, other=0.0).to(tl.float32)
+                      * tl.load(h_ptr + off, mask=msk, other=0.0).to(tl.float32), 1)
+    den = tl.load(den_ptr + bh * S + pos, mask=real, other=1.0)
+    m_row = tl.load(mrow_ptr + bh * S + pos, mask=real, other=0.0)
+    floor = tl.exp(-m_row)
+    aden = tl.abs(den)
+    rden = 1.0 / (tl.maximum(aden, floor) + eps)
+    # d max(|den|, floor) / d den (torch.maximum splits a tie in halves), times sign(den)
+    slope = tl.where(aden > floor, 1.0, tl.where(aden == floor, 0.5, 0.0))
+    slope = tl.where(den > 0, slope, tl.where(den < 0, -slope, 0.0))
+    tl.store(rden_ptr + bh * S + pos, rden, mask=real)
+    tl.store(dden_ptr + bh * S + pos, -dhh * rden * slope, mask=real)
+    # total derivative of h through m_row: the stabilised form is invariant to m except for eps
+    tl.store(dmrow_ptr + bh * S + pos, -eps * dhh * rden, mask=real)
+
+
+@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@triton.jit
+def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr, dnN_ptr,
+                  dCall_ptr, dnall_ptr, S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    pk = tl.program_id(1)
+    pv = tl.program_id(2)
+    bidx = bh // NH
+    DT = q_ptr.dtype.element_ty
+    ok = pk * BK + tl.arange(0, BK)
+    ov = pv * BV + tl.arange(0, BV)
+    mk = ok < DHQK
+    mv = ov < DHV
+    mkv = mk[:, None] & mv[None, :]
+    st_off = ok[:, None] * DHV + ov[None, :]
+    dC = tl.load(dCN_ptr + bh * DHQK * DHV + st_off, mask=mkv, other=0.0)
+    dn = tl.load(dnN_ptr + bh * DHQK + ok, mask=mk, other=0.0)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        sidx = bh * (NC + 1) + c
+        tl.store(dCall_ptr + (sidx + 1) * DHQK * DHV + st_off, dC, mask=mkv)
+        if pv == 0:
+            tl.store(dnall_ptr + (sidx + 1) * DHQK + ok, dn, mask=mk)
+        t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+            lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+        m_c = tl.load(mall_ptr + sidx)
+        m_n = tl.load(mall_ptr + sidx + 1)
+        m_row = tl.load(mrow_ptr + bh * S + pos, mask=real, other=0.0)
+        rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
+        dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
+        w_init = tl.where(cont & real, tl.exp(lb + m_c - m_row), 0.0)
+        w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
+        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                      other=0.0).to(tl.float32)
+        qw = qt * (w_init * scale)[:, None]
+        dC = dC * w_dec + mm(tl.trans(qw), dht * rden[:, None], DT, EMU)
+        dn = dn * w_dec + tl.sum(qw * dden[:, None], 0)
+    sidx = bh * (NC + 1)
+    tl.store(dCall_ptr + sidx * DHQK * DHV + st_off, dC, mask=mkv)
+    if pv == 0:
+        tl.store(dnall_ptr + sidx * DHQK + ok, dn, mask=mk)
+
+
+@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@triton.jit
+def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, dCall_ptr, dnall_ptr,
+            rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr,
+            di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr,
+            S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    bidx = bh // NH
+    DT = q_ptr.dtype.element_ty
+    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+    sidx = bh * (NC + 1) + c
+    m_c = tl.load(mall_ptr + sidx)
+    m_n = tl.load(mall_ptr + sidx + 1)
+    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
+    # routing of d m_row (torch semantics: maximum(log_init, amax(logD)))
+    r_init = tl.where(log_init > amax_d, 1.0, tl.where(log_init == amax_d, 0.5, 0.0))
+    is_max = valid & (logD == amax_d[:, None])
+    cnt = tl.maximum(tl.sum(is_max.to(tl.float32), 1), 1.0)
+    route_d = tl.where(is_max, ((1.0 - r_init) / cnt)[:, None], 0.0)
+    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
+    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0)
+    rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
+    dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
+    dmrow = tl.load(dmrow_ptr + bh * S + pos, mask=real, other=0.0)
+    # routing of d m_{c+1} (torch semantics: maximum(u, amax(log_a)), u = carried decay or reset floor)
+    amax_a = tl.max(log_a, 0)
+    u = tl.where(has_reset, g, g + m_c)
+    r_u = tl.where(u > amax_a, 1.0, tl.where(u == amax_a, 0.5, 0.0))
+    is_max_a = in_last & real & (log_a == amax_a)
+    cnt_a = tl.maximum(tl.sum(is_max_a.to(tl.float32), 0), 1.0)
+    ra = tl.where(is_max_a, (1.0 - r_u) / cnt_a, 0.0)
+    w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
+    w_s = tl.exp(log_a - m_n)
+
+    s_qk = tl.zeros([L, L], dtype=tl.float32)
+    for kk in range(0, tl.cdiv(DHQK, BK)):
+        ok = kk * BK + tl.arange(0, BK)
+        mk = ok < DHQK
+        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        s_qk += mm(qt, tl.trans(kt), DT, EMU)
+    s_qk = s_qk * scale
+    dP = tl.zeros([L, L], dtype=tl.float32)
+    for vv in range(0, tl.cdiv(DHV, BV)):
+        ov = vv * BV + tl.arange(0, BV)
+        mv = ov < DHV
+        dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                      other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                     other=0.0).to(tl.float32)
+        dP += mm(dht * rden[:, None], tl.trans(vt), DT, EMU)
+    dP = dP + dden[:, None]
+    dS = dP * D
+    dlogD = D * dP * s_qk + route_d * dmrow[:, None]
+
+    dwi = tl.zeros([L], dtype=tl.float32)
+    A = tl.zeros([L], dtype=tl.float32)
+    gsum = tl.zeros([BK], dtype=tl.float32)
+    for kk in range(0, tl.cdiv(DHQK, BK)):
+        ok = kk * BK + tl.arange(0, BK)
+        mk = ok < DHQK
+        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32) * scale
+        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        X = tl.zeros([L, BK], dtype=tl.float32)  # X_t = C_c dnum_t
+        Y = tl.zeros([L, BK], dtype=tl.float32)  # Y_s = dC_{c+1} v_s
+        for vv in range(0, tl.cdiv(DHV, BV)):
+            ov = vv * BV + tl.arange(0, BV)
+            mv = ov < DHV
+            mkv = mk[:, None] & mv[None, :]
+            st_off = ok[:, None] * DHV + ov[None, :]
+            dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                          other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                         other=0.0).to(tl.float32)
+            Ct = tl.load(Call_ptr + sidx * DHQK * DHV + st_off, mask=mkv, other=0.0)
+            dCt = tl.load(dCall_ptr + (sidx + 1) * DHQK * DHV + st_off, mask=mkv, other=0.0)
+            X += mm(dht * rden[:, None], tl.trans(Ct), DT, EMU)
+            Y += mm(vt, tl.trans(dCt), DT, EMU)
+            gsum += tl.sum(Ct * dCt, 1)
+        nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
+        dnt = tl.load(dnall_ptr + (sidx + 1) * DHQK + ok, mask=mk, other=0.0)
+        gsum += nt * dnt
+        Xn = X + dden[:, None] * nt[None, :]
+        Yn = Y + dnt[None, :]
+        dq = mm(dS, kt, DT, EMU) + w_init[:, None] * Xn
+        dk = mm(tl.trans(dS), qt, DT, EMU) + w_s[:, None] * Yn
+        dwi += tl.sum(qt * Xn, 1)
+        A += w_s * tl.sum(kt * Yn, 1)
+        tl.store(dq_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+                 mask=real[:, None] & mk[None, :])
+        tl.store(dk_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], dk.to(dk_ptr.dtype.element_ty),
+                 mask=real[:, None] & mk[None, :])
+
+    # gate gradients with m held fixed, plus the m_row routing (all local to the chunk)
+    gw = tl.where(has_reset, 0.0, w_dec * tl.sum(gsum, 0))  # d/d(g + m_c) through the carried state
+    dlog_init = w_init * dwi + r_init * dmrow
+    r_sum = tl.sum(tl.where(cont, dlog_init, 0.0), 0)  # goes to m_c
+    dlb = dlog_init + tl.where(t == L - 1, gw, 0.0)
+    sum_a = tl.sum(A, 0)
+    col = tl.sum(dlogD, 0)
+    di = col + A
+    db = tl.sum(dlogD, 1) - col - A + tl.where(t == L - 1, sum_a, 0.0)
+    if HAS_RESET:  # lb_t sums lf over t's segment: dlf_s += sum of dlb_t over t >= s in s's segment
+        dlf = tl.cumsum(db, 0, reverse=True) + tl.sum(tl.where(same, dlb[:, None], 0.0), 0)
+    else:
+        dlf = tl.cumsum(db + dlb, 0, reverse=True)
+    rl = tl.cumsum(ra, 0) - ra + tl.where(in_last, r_u, 0.0)
+    r_dec = tl.where(has_reset, 0.0, r_u)
+    tok = bh * NC * L + c * L + t
+    tl.store(di_ptr + tok, di)
+    tl.store(dlf_ptr + tok, dlf)
+    tl.store(ra_ptr + tok, ra)
+    tl.store(rl_ptr + tok, rl)
+    cidx = (bh * NC + c) * 4
+    tl.store(chunk_ptr + cidx, gw)
+    tl.store(chunk_ptr + cidx + 1, sum_a)
+    tl.store(chunk_ptr + cidx + 2, r_sum)
+    tl.store(chunk_ptr + cidx + 3, r_dec)
+
+
+@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@triton.jit
+def _bw_dv(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
+           S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    pv = tl.program_id(2)
+    bidx = bh // NH
+    DT = q_ptr.dtype.element_ty
+    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+    sidx = bh * (NC + 1) + c
+    m_c = tl.load(mall_ptr + sidx)
+    m_n = tl.load(mall_ptr + sidx + 1)
+    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
+    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
+    w_s = tl.exp(log_a - m_n)
+    ov = pv * BV + tl.arange(0, BV)
+    mv = ov < DHV
+    s_qk = tl.zeros([L, L], dtype=tl.float32)
+    Z = tl.zeros([L, BV], dtype=tl.float32)  # Z_s = dC_{c+1}^T k_s
+    for kk in range(0, tl.cdiv(DHQK, BK)):
+        ok = kk * BK + tl.arange(0, BK)
+        mk = ok < DHQK
+        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
+                     other=0.0).to(tl.float32)
+        s_qk += mm(qt, tl.trans(kt), DT, EMU)
+        dCt = tl.load(dCall_ptr + (sidx + 1) * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
+                      mask=mk[:, None] & mv[None, :], other=0.0)
+        Z += mm(kt, dCt, DT, EMU)
+    rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
+    dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
+                  other=0.0).to(tl.float32)
+    P = s_qk * scale * D
+    dv = mm(tl.trans(P), dht * rden[:, None], DT, EMU) + w_s[:, None] * Z
+    tl.store(dv_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=real[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bw_mchain(di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr, dmN_ptr, di_out_ptr, dlf_out_ptr, dm0_ptr, NC,
+               L: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, L)
+    dm = tl.load(dmN_ptr + bh)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        cidx = (bh * NC + c) * 4
+        gw = tl.load(chunk_ptr + cidx)
+        sum_a = tl.load(chunk_ptr + cidx + 1)
+        r_sum = tl.load(chunk_ptr + cidx + 2)
+        r_dec = tl.load(chunk_ptr + cidx + 3)
+        x = dm - gw - sum_a  # total gradient into m_{c+1} through its definition as a max
+        tok = bh * NC * L + c * L + t
+        tl.store(di_out_ptr + tok, tl.load(di_ptr + tok) + x * tl.load(ra_ptr + tok))
+        tl.store(dlf_out_ptr + tok, tl.load(dlf_ptr + tok) + x * tl.load(rl_ptr + tok))
+        dm = r_sum + gw + r_dec * x
+    tl.store(dm0_ptr + bh, dm)
+
+
+# ---------------------------------------------------------------------------------------------------
+# launch helpers
+# ---------------------------------------------------------------------------------------------------
+def _meta(DHQK: int, DHV: int) -> dict:
+    """Fixed block sizes under the interpreter (the autotuner picks them on a GPU)."""
+    if not INTERPRET:
+        return {}
+    return {"BK": pow2_block(DHQK), "BV": pow2_block(DHV)}
+
+
+def chunk_len(S: int, chunk_size: int) -> int:
+    if chunk_size <= 0 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"mLSTM chunkwise: chunk_size must be a power of two, got {chunk_size}")
+    return max(16, min(chunk_size, triton.next_power_of_2(max(1, S))))
+
+
+def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    BH = B * NH
+    NC = triton.cdiv(S, L)
+    dev = q.device
+    f32 = torch.float32
+    C_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
+    n_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
+    m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
+    h = torch.empty(B, NH, S, DHV, dtype=v.dtype, device=dev)
+    m_row = torch.empty(BH, S, dtype=f32, device=dev)
+    den = torch.empty(BH, S, dtype=f32, device=dev)
+    has_reset = rs is not None
+    rs_arg = rs if has_reset else lf
+    emu = INTERPRET
+    meta = _meta(DHQK, DHV)
+    _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
+        k, v, lf, ig, rs_arg, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, DHQK=DHQK, DHV=DHV, L=L,
+        HAS_RESET=has_reset, EMU=emu, **meta)
+    _fw_output[lambda M: (BH, NC, triton.cdiv(DHV, M["BV"]))](
+        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, DHQK**-0.5, eps,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    return h, C_all, n_all, m_all, m_row, den
+
+
+def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, dnN, dmN, eps, L):
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    BH = B * NH
+    NC = triton.cdiv(S, L)
+    dev = q.device
+    f32 = torch.float32
+    scale = DHQK**-0.5
+    # 0. per-token scalars: denom = max(|den|, exp(-m_row)) + eps, h = num / denom
+    rden = torch.empty(BH, S, dtype=f32, device=dev)
+    dden = torch.empty_like(rden)
+    dmrow = torch.empty_like(rden)
+    _bw_prep[(BH, triton.cdiv(S, 64))](dh, h, den, m_row, rden, dden, dmrow, S, eps, DHV=DHV, BT=64,
+                                        BV=pow2_block(DHV, hi=128))
+    has_reset = rs is not None
+    rs_arg = rs if has_reset else lf
+    emu = INTERPRET
+    meta = _meta(DHQK, DHV)
+    dC_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
+    dn_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
+    _bw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
+        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, scale,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    di_loc = torch.empty(BH, NC * L, dtype=f32, device=dev)
+    dlf_loc = torch.empty_like(di_loc)
+    ra = torch.empty_like(di_loc)
+    rl = torch.empty_like(di_loc)
+    chunk = torch.empty(BH, NC, 4, dtype=f32, device=dev)
+    _bw_dqk[lambda M: (BH, NC)](
+        q, k, v, dh, lf, ig, rs_arg, C_all, n_all, m_all, dC_all, dn_all, rden, dden, dmrow, dq, dk,
+        di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, scale,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    _bw_dv[lambda M: (BH, NC, triton.cdiv(DHV, M["BV"]))](
+        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, scale,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    di = torch.empty_like(di_loc)
+    dlf = torch.empty_like(di_loc)
+    dm0 = torch.empty(BH, dtype=f32, device=dev)
+    _bw_mchain[(BH,)](di_loc, dlf_loc, ra, rl, chunk, dmN, di, dlf, dm0, NC, L=L)
+    return dq, dk, dv, di[:, :S], dlf[:, :S], dC_all[:, 0], dn_all[:, 0], dm0
+
+
+class _MLSTMChunkwiseTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, reset, eps, L):
+        B, NH, S, DHQK = q.shape
+        DHV = v.shape[-1]
+        BH = B * NH
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        lf = F.logsigmoid(f.float()).reshape(BH, S).contiguous()
+        ig = i.float().reshape(BH, S).contiguous()
+        rs = None if reset is None else reset.to(torch.int32).contiguous()
+        C0c = C0.float().reshape(BH, DHQK, DHV).contiguous()
+        n0c = n0.float().reshape(BH, DHQK).contiguous()
+        m0c = m0.float().reshape(BH).contiguous()
+        h, C_all, n_all, m_all, m_row, den = _forward(q, k, v, lf, ig, rs, C0c, n0c, m0c, eps, L)
+        NC = C_all.shape[1] - 1
+        C = C_all[:, NC].reshape(B, NH, DHQK, DHV).clone()
+        n = n_all[:, NC].reshape(B, NH, DHQK).clone()
+        m = m_all[:, NC].reshape(B, NH, 1).clone()
+        ctx.save_for_backward(q, k, v, f, lf, ig, rs, C_all, n_all, m_all, m_row, den, h)
+        ctx.eps, ctx.L = eps, L
+        ctx.in_dtypes = (i.dtype, f.dtype, C0.dtype, n0.dtype, m0.dtype)
+        return h, C, n, m
+
+    @staticmethod
+    def backward(ctx, dh, dC, dn, dm):
+        q, k, v, f, lf, ig, rs, C_all, n_all, m_all, m_row, den, h = ctx.saved_tensors
+        B, NH, S, DHQK = q.shape
+        DHV = v.shape[-1]
+        BH = B * NH
+        f32 = torch.float32
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        dCN = torch.zeros(BH, DHQK, DHV, dtype=f32, device=q.device) if dC is None else dC.float().reshape(BH, DHQK, DHV).contiguous()
+        dnN = torch.zeros(BH, DHQK, dtype=f32, device=q.device) if dn is None else dn.float().reshape(BH, DHQK).contiguous()
+        dmN = torch.zeros(BH, dtype=f32, device=q.device) if dm is None else dm.float().reshape(BH).contiguous()
+        dq, dk, dv, di, dlf, dC0, dn0, dm0 = _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh,
+                                                       dCN, dnN, dmN, ctx.eps, ctx.L)
+        i_dt, f_dt, C_dt, n_dt, m_dt = ctx.in_dtypes
+        df = dlf.reshape(B, NH, S) * torch.sigmoid(-f.float())
+        return (dq, dk, dv, di.reshape(B, NH, S).to(i_dt), df.to(f_dt), dC0.reshape(B, NH, DHQK, DHV).to(C_dt),
+                dn0.reshape(B, NH, DHQK).to(n_dt), dm0.reshape(B, NH, 1).to(m_dt), None, None, None)
+
+
+def mlstm_chunkwise_triton(
+    q, k, v, i, f, initial_state=None, reset=None, return_final_state: bool = False, eps: float = 1e-6,
+    chunk_size: int = 64,
+):
+    """Triton chunkwise mLSTM: same signature and function as ``chunkwise.mlstm_chunkwise``."""
+    check_inputs(q, k, v, i, f, initial_state, reset)
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    L = chunk_len(S, chunk_size)
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"mLSTM triton: q/k/v must be fp32, bf16 or fp16, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"mLSTM triton: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if initial_state is None:
+        C0 = torch.zeros(B, NH, DHQK, DHV, dtype=torch.float32, device=q.device)
+        n0 = torch.zeros(B, NH, DHQK, dtype=torch.float32, device=q.device)
+        m0 = torch.zeros(B, NH, 1, dtype=torch.float32, device=q.device)
+    else:
+        C0, n0, m0 = initial_state
+    h, C, n, m = _MLSTMChunkwiseTriton.apply(q, k, v, i, f, C0, n0, m0, reset, float(eps), L)
+    if not return_final_state:
+        return h
+    return h, (C, n, m)
+
+
+def flops_fwbw(B: int, NH: int, S: int, DHQK: int, DHV: int, L: int) -> float:
+    """Rough matmul FLOPs of one forward + backward (for TFLOP/s reports; gates and elementwise ignored)."""
+    NC = math.ceil(S / L)
+    T = NC * L
+    fw = 2 * T * DHQK * DHV * 2 + 2 * T * L * DHQK + 2 * T * L * DHV  # state update + q C, QK^T, PV
+    bw = (2 * T * DHQK * DHV  # dC recurrence
+          + 2 * T * L * DHQK * 3 + 2 * T * L * DHV  # S (x2), dS K, dS^T Q ; dP
+          + 2 * T * DHQK * DHV * 2  # X, Y
+          + 2 * T * L * DHQK + 2 * T * L * DHV + 2 * T * DHQK * DHV)  # S in dv, P^T dnum, Z
+    return float(B * NH * (fw + bw))

@@ -1,0 +1,222 @@
+"""Runtime self-check and dispatch for the Triton backends (``backend="triton"``).
+
+On first use per (kernel, device, dtype), the Triton kernel is compared with the torch reference on a
+tiny problem that exercises everything it must get right (ragged length, document reset, initial and
+final state, forward and backward of every input). On a mismatch, or if Triton cannot run at all (not
+installed, CPU tensors without ``TRITON_INTERPRET=1``, a compile error), the dispatch warns once and
+falls back to the torch reference for that (device, dtype).
+
+Mode, from ``set_mode()`` if called, else the env var ``XLSTM_KERNEL_SELFCHECK``:
+  ``warn`` (default): warn once and fall back;  ``raise``: raise ``KernelSelfCheckError`` instead;
+  ``off``: skip the check and always run the Triton kernel.
+This module imports triton lazily (only when a Triton backend is first used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+
+import torch
+
+ENV_VAR = "XLSTM_KERNEL_SELFCHECK"
+MODES = ("warn", "raise", "off")
+
+_lock = threading.RLock()
+_mode_override: str | None = None
+_results: dict[tuple, str | None] = {}  # key -> None (passed) or the failure message
+_warned: set[tuple] = set()
+
+
+class KernelSelfCheckError(RuntimeError):
+    """A Triton kernel disagreed with the torch reference (raised in ``raise`` mode)."""
+
+
+def set_mode(mode: str | None) -> None:
+    """Override the env var (``None`` restores it)."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"self-check mode must be one of {MODES}, got {mode!r}")
+    global _mode_override
+    _mode_override = mode
+
+
+def get_mode() -> str:
+    mode = _mode_override if _mode_override is not None else os.environ.get(ENV_VAR, "warn").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"{ENV_VAR} must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def reset() -> None:
+    """Forget all cached self-check results and warnings (the next use checks again)."""
+    with _lock:
+        _results.clear()
+        _warned.clear()
+
+
+def results() -> dict:
+    """Cached results: (kernel, device, dtype) -> None if passed else the failure message."""
+    return dict(_results)
+
+
+def passes(name: str, device: torch.device, dtype: torch.dtype, probe) -> bool:
+    """True if the Triton kernel `name` may be used on (device, dtype); runs `probe` once per key.
+
+    `probe(device, dtype)` returns None when the kernel agrees with the reference, else a message.
+    """
+    mode = get_mode()
+    if mode == "off":
+        return True
+    key = (name, str(device), dtype)
+    with _lock:
+        if key not in _results:
+            try:
+                _results[key] = probe(device, dtype)
+            except Exception as e:  # noqa: BLE001 - any failure means "do not use the kernel"
+                _results[key] = f"raised {type(e).__name__}: {e}"
+        problem = _results[key]
+        if problem is None:
+            return True
+        msg = (f"xlstm_kernels: the Triton {name} kernel failed its self-check on {device} / {dtype} "
+               f"({problem}); falling back to the torch reference. Set {ENV_VAR}=raise to make this an "
+               f"error, {ENV_VAR}=off to skip the check.")
+        if mode == "raise":
+            raise KernelSelfCheckError(msg)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# probes
+# ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _grad_context(device: torch.device):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        if device.type in ("cuda", "cpu"):
+            stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+        yield
+
+
+def _tol(dtype: torch.dtype) -> float:
+    return 1e-3 if dtype == torch.float32 else 5e-2
+
+
+def _compare(names, got, want, dtype) -> str | None:
+    tol = _tol(dtype)
+    for name, a, b in zip(names, got, want):
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                return f"{name}: gradient missing"
+            continue
+        if a.shape != b.shape:
+            return f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        a, b = a.detach().double(), b.detach().double()
+        if not torch.isfinite(a).all():
+            return f"{name}: non-finite values"
+        err = ((a - b).abs().max() / (b.abs().max() + 1e-6)).item()
+        if not err <= tol:
+            return f"{name}: relative max error {err:.2e} > {tol:.0e}"
+    return None
+
+
+def _randn(gen, *shape):
+    return torch.randn(*shape, generator=gen)
+
+
+def mlstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    from .mlstm import chunkwise as torch_chunkwise
+    from .mlstm import chunkwise_triton
+
+    gen = torch.Generator().manual_seed(1234)  # never touches the global RNG
+    B, NH, S, DK, DV = 1, 2, 21, 16, 16
+    base = [_randn(gen, B, NH, S, DK), _randn(gen, B, NH, S, DK), _randn(gen, B, NH, S, DV), _randn(gen, B, NH, S),
+            _randn(gen, B, NH, S) + 3.0, _randn(gen, B, NH, DK, DV), _randn(gen, B, NH, DK), _randn(gen, B, NH, 1)]
+    reset = torch.zeros(B, S, dtype=torch.bool)
+    reset[0, 11] = True
+    weights = [_randn(gen, B, NH, S, DV), _randn(gen, B, NH, DK, DV), _randn(gen, B, NH, DK), _randn(gen, B, NH, 1)]
+    weights = [w.to(device) for w in weights]
+    reset = reset.to(device)
+
+    def run(fn):
+        xs = [x.to(device, dtype if j < 3 else torch.float32).requires_grad_() for j, x in enumerate(base)]
+        h, (C, n, m) = fn(*xs[:5], initial_state=tuple(xs[5:]), reset=reset, return_final_state=True, eps=1e-6,
+                          chunk_size=16)
+        outs = [h, C, n, m]
+        loss = sum((o.float() * w).sum() for o, w in zip(outs, weights))
+        return outs + list(torch.autograd.grad(loss, xs))
+
+    with _grad_context(device):
+        got = run(chunkwise_triton.mlstm_chunkwise_triton)
+        want = run(torch_chunkwise.mlstm_chunkwise)
+    names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
+    return _compare(names, got, want, dtype)
+
+
+def slstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    from .slstm import naive as torch_slstm
+    from .slstm import recurrent_triton
+
+    gen = torch.Generator().manual_seed(4321)
+    B, S, NH, DH = 2, 9, 2, 16
+    base = [_randn(gen, B, S, 4, NH, DH), _randn(gen, 4, NH, DH, DH) * 0.1, _randn(gen, 4, NH, DH),
+            _randn(gen, B, NH, DH), _randn(gen, B, NH, DH), torch.rand(B, NH, DH, generator=gen) + 0.5,
+            _randn(gen, B, NH, DH)]
+    reset = torch.zeros(B, S, dtype=torch.bool)
+    reset[1, 5] = True
+    weights = [_randn(gen, B, S, NH, DH), _randn(gen, B, NH, DH), _randn(gen, B, NH, DH), _randn(gen, B, NH, DH)]
+    weights = [w.to(device) for w in weights]
+    reset = reset.to(device)
+
+    def run(fn):
+        xs = [x.to(device, dtype if j < 3 else torch.float32).requires_grad_() for j, x in enumerate(base)]
+        y, (yN, cN, nN, mN) = fn(xs[0], xs[1], xs[2], initial_state=tuple(xs[3:]), reset=reset,
+                                 return_final_state=True)
+        outs = [y, yN, cN, nN, mN]
+        loss = sum((o.float() * w).sum() for o, w in zip(outs[:4], weights))
+        return outs + list(torch.autograd.grad(loss, xs))
+
+    with _grad_context(device):
+        got = run(recurrent_triton.slstm_recurrent_triton)
+        want = run(torch_slstm.slstm_recurrent)
+    names = ["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"]
+    return _compare(names, got, want, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backends (registered in xlstm_kernels.MLSTM_BACKENDS / SLSTM_BACKENDS as "triton")
+# ---------------------------------------------------------------------------------------------------
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
+                         chunk_size=64, form="chunkwise"):
+    """Chunkwise mLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
+    if form != "chunkwise":
+        raise ValueError(f"the triton mLSTM backend computes the chunkwise form only, got form={form!r}")
+    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
+                  chunk_size=chunk_size)
+    if q.dtype in _TRITON_DTYPES and passes("mlstm_chunkwise", q.device, q.dtype, mlstm_probe):
+        from .mlstm import chunkwise_triton
+
+        return chunkwise_triton.mlstm_chunkwise_triton(q, k, v, i, f, **kwargs)
+    from .mlstm.chunkwise import mlstm_chunkwise
+
+    return mlstm_chunkwise(q, k, v, i, f, **kwargs)
+
+
+def slstm_triton_backend(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
+    """Recurrent sLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
+    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state)
+    if wx.dtype in _TRITON_DTYPES and passes("slstm_recurrent", wx.device, wx.dtype, slstm_probe):
+        from .slstm import recurrent_triton
+
+        return recurrent_triton.slstm_recurrent_triton(wx, R, b, **kwargs)
+    from .slstm.naive import slstm_recurrent
+
+    return slstm_recurrent(wx, R, b, **kwargs)

@@ -1,0 +1,512 @@
+"""Fused recurrent sLSTM in Triton: forward and backward kernels behind a ``torch.autograd.Function``.
+
+Computes the same function as ``naive.slstm_recurrent`` (conventions there: wx (B, S, 4, NH, DH) gate
+pre-activations in the order (i, f, z, o), block-diagonal R (4, NH, DH, DH), b (4, NH, DH), fp32 state
+(y, c, n, m), per-element ``n == 0`` test for a fresh state, document reset = state zeroed before the
+token). Gradients are those of the reference's autograd: m is computed without gradient, but the
+previous m enters ``f' = min(exp(log σ(f~) + m_{t-1} - m_t), 1)`` with gradient, so the initial m gets a
+gradient at the first step (later m's are gradient-free), and ``clamp(max=1)`` passes the gradient where
+the value is <= 1, like torch.
+
+One program per (batch tile of BB rows, head) loops over time. For DH <= 64 the head's recurrent
+weights (4 x DH x DH) are loaded once before the loop and stay on chip (registers) together with the
+state. Larger heads do not fit (4 x 128 x 128 fp32 is 256 KiB): the "blocked" kernels tile the step over
+column blocks of BN, re-read the R tiles every step (L2-resident) and keep the carried state in global
+memory (the per-step state the backward needs anyway, plus a small double-buffered scratch in the
+backward), with a CTA barrier between steps. The forward stores the per-step states and raw gates for
+the backward; the backward kernel runs the reverse recurrence (gate gradients, dy through R^T, dc, dn)
+and writes the gate gradients of every step; dR and db are then one batched matmul / sum in torch
+(parallel over time instead of a loop-carried DH x DH accumulator).
+Inputs are bf16 / fp16 / fp32 (fp64 is handled by the torch reference). For half inputs the recurrent
+matmuls round y and R to the input dtype (tensor cores, fp32 accumulation), like the official CUDA
+kernel; fp32 inputs use exact fp32 products.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import INTERPRET, logsigmoid, maybe_autotune, mm, tanh
+
+BB = 16  # batch rows per program (tl.dot needs >= 16)
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (8, 4, 2)]  # [0]: default (no spills at DH 64)
+
+
+@triton.jit
+def _load_r(R_ptr, h, NH, od, md, DH: tl.constexpr):
+    off = (h * DH + od[:, None]) * DH + od[None, :]
+    msk = md[:, None] & md[None, :]
+    gs = NH * DH * DH
+    Ri = tl.load(R_ptr + off, mask=msk, other=0.0).to(tl.float32)
+    Rf = tl.load(R_ptr + gs + off, mask=msk, other=0.0).to(tl.float32)
+    Rz = tl.load(R_ptr + 2 * gs + off, mask=msk, other=0.0).to(tl.float32)
+    Ro = tl.load(R_ptr + 3 * gs + off, mask=msk, other=0.0).to(tl.float32)
+    return Ri, Rf, Rz, Ro
+
+
+@triton.jit
+def _fw_step(t, y, c, n, m, Ri, Rf, Rz, Ro, bi, bf, bz, bo, wx_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, ob, od, mb, m2,
+             h, S, NH, DH: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    DT = wx_ptr.dtype.element_ty
+    if HAS_RESET:
+        r = tl.load(rs_ptr + ob.to(tl.int64) * S + t, mask=mb, other=0)
+        keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        y = y * keep
+        c = c * keep
+        n = n * keep
+        m = m * keep
+    row = ob.to(tl.int64) * S + t  # (b, t)
+    gate = (row[:, None] * 4 * NH + h) * DH + od[None, :]  # wx[b, t, 0, h, :]
+    gstride = NH * DH
+    ri = tl.load(wx_ptr + gate, mask=m2, other=0.0).to(tl.float32) + mm(y, Ri, DT, EMU) + bi[None, :]
+    rf = tl.load(wx_ptr + gate + gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Rf, DT, EMU) + bf[None, :]
+    rz = tl.load(wx_ptr + gate + 2 * gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Rz, DT, EMU) + bz[None, :]
+    ro = tl.load(wx_ptr + gate + 3 * gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Ro, DT, EMU) + bo[None, :]
+    lf = logsigmoid(rf)
+    m_new = tl.where(n == 0.0, ri, tl.maximum(ri, lf + m))
+    ia = tl.minimum(tl.exp(ri - m_new), 1.0)
+    fa = tl.minimum(tl.exp(lf + m - m_new), 1.0)
+    c = fa * c + ia * tanh(rz)
+    n = fa * n + ia
+    y = tl.where(m2, tl.sigmoid(ro) * c / n, 0.0)
+    tl.store(y_ptr + (row[:, None] * NH + h) * DH + od[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+    tl.store(hs_ptr + gate, y, mask=m2)
+    tl.store(hs_ptr + gate + gstride, c, mask=m2)
+    tl.store(hs_ptr + gate + 2 * gstride, n, mask=m2)
+    tl.store(hs_ptr + gate + 3 * gstride, m_new, mask=m2)
+    tl.store(gs_ptr + gate, ri, mask=m2)
+    tl.store(gs_ptr + gate + gstride, rf, mask=m2)
+    tl.store(gs_ptr + gate + 2 * gstride, rz, mask=m2)
+    tl.store(gs_ptr + gate + 3 * gstride, ro, mask=m2)
+    return y, c, n, m_new
+
+
+@maybe_autotune(_CONFIGS, key=["DH"])
+@triton.jit
+def _slstm_fw(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, B, S, NH,
+              DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    ob = pb * BB + tl.arange(0, BB)
+    od = tl.arange(0, DHP)
+    mb = ob < B
+    md = od < DH
+    m2 = mb[:, None] & md[None, :]
+    bi = tl.load(b_ptr + h * DH + od, mask=md, other=0.0).to(tl.float32)
+    bf = tl.load(b_ptr + (NH + h) * DH + od, mask=md, other=0.0).to(tl.float32)
+    bz = tl.load(b_ptr + (2 * NH + h) * DH + od, mask=md, other=0.0).to(tl.float32)
+    bo = tl.load(b_ptr + (3 * NH + h) * DH + od, mask=md, other=0.0).to(tl.float32)
+    st = (ob.to(tl.int64)[:, None] * NH + h) * DH + od[None, :]
+    BND = B * NH * DH
+    y = tl.load(s0_ptr + st, mask=m2, other=0.0)
+    c = tl.load(s0_ptr + BND + st, mask=m2, other=0.0)
+    n = tl.load(s0_ptr + 2 * BND + st, mask=m2, other=0.0)
+    m = tl.load(s0_ptr + 3 * BND + st, mask=m2, other=0.0)
+    Ri, Rf, Rz, Ro = _load_r(R_ptr, h, NH, od, md, DH)
+    for t in range(S):
+        y, c, n, m = _fw_step(t, y, c, n, m, Ri, Rf, Rz, Ro, bi, bf, bz, bo, wx_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr,
+                              ob, od, mb, m2, h, S, NH, DH, HAS_RESET, EMU)
+
+
+@triton.jit
+def _bw_step(t, dy_rec, dc, dn, dm_p, Ri, Rf, Rz, Ro, dy_ptr, rs_ptr, hs_ptr, gs_ptr, s0_ptr, dg_ptr, ob, od, mb,
+             m2, h, B, S, NH, DH: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    DT = dy_ptr.dtype.element_ty
+    row = ob.to(tl.int64) * S + t
+    gate = (row[:, None] * 4 * NH + h) * DH + od[None, :]
+    gstride = NH * DH
+    # state before the step (after the reset of this token)
+    if t > 0:
+        prev = gate - 4 * NH * DH  # hs[b, t-1]
+        yp = tl.load(hs_ptr + prev, mask=m2, other=0.0)
+        cp = tl.load(hs_ptr + prev + gstride, mask=m2, other=0.0)
+        np_ = tl.load(hs_ptr + prev + 2 * gstride, mask=m2, other=0.0)
+        mp = tl.load(hs_ptr + prev + 3 * gstride, mask=m2, other=0.0)
+    else:
+        st = (ob.to(tl.int64)[:, None] * NH + h) * DH + od[None, :]
+        BND = B * NH * DH
+        yp = tl.load(s0_ptr + st, mask=m2, other=0.0)
+        cp = tl.load(s0_ptr + BND + st, mask=m2, other=0.0)
+        np_ = tl.load(s0_ptr + 2 * BND + st, mask=m2, other=0.0)
+        mp = tl.load(s0_ptr + 3 * BND + st, mask=m2, other=0.0)
+    keep = tl.zeros([1, 1], dtype=tl.float32) + 1.0
+    if HAS_RESET:
+        r = tl.load(rs_ptr + ob.to(tl.int64) * S + t, mask=mb, other=0)
+        keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        yp = yp * keep
+        cp = cp * keep
+        np_ = np_ * keep
+        mp = mp * keep
+    ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
+    rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
+    rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
+    ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+    ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
+    nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
+    mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+    lf = logsigmoid(rf)
+    ia_raw = tl.exp(ri - mt)
+    fa_raw = tl.exp(lf + mp - mt)
+    ia = tl.minimum(ia_raw, 1.0)
+    fa = tl.minimum(fa_raw, 1.0)
+    tz = tanh(rz)
+    so = tl.sigmoid(ro)
+    dy = tl.load(dy_ptr + (row[:, None] * NH + h) * DH + od[None, :], mask=m2, other=0.0).to(tl.float32) + dy_rec
+    r_n = 1.0 / nt
+    dc = dc + dy * so * r_n
+    dn = dn - dy * so * ct * r_n * r_n
+    d_o = tl.where(m2, dy * ct * r_n * so * (1.0 - so), 0.0)
+    dfa = dc * cp + dn * np_
+    dia = dc * tz + dn
+    d_z = tl.where(m2, dc * ia * (1.0 - tz * tz), 0.0)
+    d_i = tl.where(m2 & (ia_raw <= 1.0), dia * ia_raw, 0.0)
+    dlf = tl.where(m2 & (fa_raw <= 1.0), dfa * fa_raw, 0.0)
+    d_f = dlf * tl.sigmoid(-rf)
+    tl.store(dg_ptr + gate, d_i, mask=m2)
+    tl.store(dg_ptr + gate + gstride, d_f, mask=m2)
+    tl.store(dg_ptr + gate + 2 * gstride, d_z, mask=m2)
+    tl.store(dg_ptr + gate + 3 * gstride, d_o, mask=m2)
+    dyp = (mm(d_i, tl.trans(Ri), DT, EMU) + mm(d_f, tl.trans(Rf), DT, EMU) + mm(d_z, tl.trans(Rz), DT, EMU)
+           + mm(d_o, tl.trans(Ro), DT, EMU))
+    dy_rec = dyp * keep
+    dc = dc * fa * keep
+    dn = dn * fa * keep
+    dm_p = dlf * keep
+    return dy_rec, dc, dn, dm_p
+
+
+@maybe_autotune(_CONFIGS, key=["DH"])
+@triton.jit
+def _slstm_bw(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, dsN_ptr, dg_ptr, ds0_ptr, B, S, NH,
+              DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    ob = pb * BB + tl.arange(0, BB)
+    od = tl.arange(0, DHP)
+    mb = ob < B
+    md = od < DH
+    m2 = mb[:, None] & md[None, :]
+    st = (ob.to(tl.int64)[:, None] * NH + h) * DH + od[None, :]
+    BND = B * NH * DH
+    dy_rec = tl.load(dsN_ptr + st, mask=m2, other=0.0)
+    dc = tl.load(dsN_ptr + BND + st, mask=m2, other=0.0)
+    dn = tl.load(dsN_ptr + 2 * BND + st, mask=m2, other=0.0)
+    dm_p = tl.zeros([BB, DHP], dtype=tl.float32)
+    Ri, Rf, Rz, Ro = _load_r(R_ptr, h, NH, od, md, DH)
+    for tt in range(S):
+        dy_rec, dc, dn, dm_p = _bw_step(S - 1 - tt, dy_rec, dc, dn, dm_p, Ri, Rf, Rz, Ro, dy_ptr, rs_ptr, hs_ptr,
+                                        gs_ptr, s0_ptr, dg_ptr, ob, od, mb, m2, h, B, S, NH, DH, HAS_RESET, EMU)
+    tl.store(ds0_ptr + st, dy_rec, mask=m2)
+    tl.store(ds0_ptr + BND + st, dc, mask=m2)
+    tl.store(ds0_ptr + 2 * BND + st, dn, mask=m2)
+    tl.store(ds0_ptr + 3 * BND + st, dm_p, mask=m2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# blocked kernels (DH > 64): column blocks of BN, state carried through global memory
+# ---------------------------------------------------------------------------------------------------
+# [0] is the default (XLSTM_TRITON_AUTOTUNE=0): no spills in the sm_90 AOT report at DH 128..512 bf16
+_BLOCKED_CONFIGS = [triton.Config({"BN": bn}, num_warps=w, num_stages=1) for bn, w in ((64, 8), (32, 4), (64, 4), (32, 8))]
+
+
+@maybe_autotune(_BLOCKED_CONFIGS, key=["DH"])
+@triton.jit
+def _slstm_fw_blocked(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, B, S, NH,
+                      DH: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, HAS_RESET: tl.constexpr,
+                      EMU: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    ob = pb * BB + tl.arange(0, BB)
+    mb = ob < B
+    rowb = ob.to(tl.int64)
+    DT = wx_ptr.dtype.element_ty
+    BND = B * NH * DH
+    gstride = NH * DH
+    RG = NH * DH * DH
+    for t in range(S):
+        keep = tl.zeros([BB, 1], dtype=tl.float32) + 1.0
+        if HAS_RESET:
+            r = tl.load(rs_ptr + rowb * S + t, mask=mb, other=0)
+            keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        row = rowb * S + t
+        for jb in range(0, tl.cdiv(DH, BN)):
+            oc = jb * BN + tl.arange(0, BN)
+            mc = oc < DH
+            m2 = mb[:, None] & mc[None, :]
+            gate = (row[:, None] * 4 * NH + h) * DH + oc[None, :]
+            if t > 0:
+                prev = gate - 4 * NH * DH
+                cp = tl.load(hs_ptr + prev + gstride, mask=m2, other=0.0)
+                np_ = tl.load(hs_ptr + prev + 2 * gstride, mask=m2, other=0.0)
+                mp = tl.load(hs_ptr + prev + 3 * gstride, mask=m2, other=0.0)
+            else:
+                st = (rowb[:, None] * NH + h) * DH + oc[None, :]
+                cp = tl.load(s0_ptr + BND + st, mask=m2, other=0.0)
+                np_ = tl.load(s0_ptr + 2 * BND + st, mask=m2, other=0.0)
+                mp = tl.load(s0_ptr + 3 * BND + st, mask=m2, other=0.0)
+            cp = cp * keep
+            np_ = np_ * keep
+            mp = mp * keep
+            acc_i = tl.zeros([BB, BN], dtype=tl.float32)
+            acc_f = tl.zeros([BB, BN], dtype=tl.float32)
+            acc_z = tl.zeros([BB, BN], dtype=tl.float32)
+            acc_o = tl.zeros([BB, BN], dtype=tl.float32)
+            for kb in range(0, tl.cdiv(DH, BN)):
+                ok = kb * BN + tl.arange(0, BN)
+                mk = ok < DH
+                if t > 0:
+                    yk = tl.load(hs_ptr + ((row - 1)[:, None] * 4 * NH + h) * DH + ok[None, :],
+                                 mask=mb[:, None] & mk[None, :], other=0.0)
+                else:
+                    yk = tl.load(s0_ptr + (rowb[:, None] * NH + h) * DH + ok[None, :], mask=mb[:, None] & mk[None, :],
+                                 other=0.0)
+                yk = yk * keep
+                roff = (h * DH + ok[:, None]) * DH + oc[None, :]
+                rm = mk[:, None] & mc[None, :]
+                acc_i += mm(yk, tl.load(R_ptr + roff, mask=rm, other=0.0), DT, EMU)
+                acc_f += mm(yk, tl.load(R_ptr + RG + roff, mask=rm, other=0.0), DT, EMU)
+                acc_z += mm(yk, tl.load(R_ptr + 2 * RG + roff, mask=rm, other=0.0), DT, EMU)
+                acc_o += mm(yk, tl.load(R_ptr + 3 * RG + roff, mask=rm, other=0.0), DT, EMU)
+            ri = (tl.load(wx_ptr + gate, mask=m2, other=0.0).to(tl.float32) + acc_i
+                  + tl.load(b_ptr + h * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
+            rf = (tl.load(wx_ptr + gate + gstride, mask=m2, other=0.0).to(tl.float32) + acc_f
+                  + tl.load(b_ptr + (NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
+            rz = (tl.load(wx_ptr + gate + 2 * gstride, mask=m2, other=0.0).to(tl.float32) + acc_z
+                  + tl.load(b_ptr + (2 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
+            ro = (tl.load(wx_ptr + gate + 3 * gstride, mask=m2, other=0.0).to(tl.float32) + acc_o
+                  + tl.load(b_ptr + (3 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
+            lf = logsigmoid(rf)
+            m_new = tl.where(np_ == 0.0, ri, tl.maximum(ri, lf + mp))
+            ia = tl.minimum(tl.exp(ri - m_new), 1.0)
+            fa = tl.minimum(tl.exp(lf + mp - m_new), 1.0)
+            c = fa * cp + ia * tanh(rz)
+            n = fa * np_ + ia
+            y = tl.where(m2, tl.sigmoid(ro) * c / n, 0.0)
+            tl.store(y_ptr + (row[:, None] * NH + h) * DH + oc[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+            tl.store(hs_ptr + gate, y, mask=m2)
+            tl.store(hs_ptr + gate + gstride, c, mask=m2)
+            tl.store(hs_ptr + gate + 2 * gstride, n, mask=m2)
+            tl.store(hs_ptr + gate + 3 * gstride, m_new, mask=m2)
+            tl.store(gs_ptr + gate, ri, mask=m2)
+            tl.store(gs_ptr + gate + gstride, rf, mask=m2)
+            tl.store(gs_ptr + gate + 2 * gstride, rz, mask=m2)
+            tl.store(gs_ptr + gate + 3 * gstride, ro, mask=m2)
+        tl.debug_barrier()  # this step's state (global memory) is read by every thread of the next step
+
+
+@maybe_autotune(_BLOCKED_CONFIGS, key=["DH"])
+@triton.jit
+def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg_ptr, ds0_ptr, B, S, NH,
+                      DH: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, HAS_RESET: tl.constexpr,
+                      EMU: tl.constexpr):
+    # scr: (2 buffers, 3 = (dy, dc, dn), B, NH, DH); step t reads buffer t % 2 and writes the other one
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    ob = pb * BB + tl.arange(0, BB)
+    mb = ob < B
+    rowb = ob.to(tl.int64)
+    DT = dy_ptr.dtype.element_ty
+    BND = B * NH * DH
+    gstride = NH * DH
+    RG = NH * DH * DH
+    for tt in range(S):
+        t = S - 1 - tt
+        rd = scr_ptr + (t % 2) * 3 * BND
+        wr = scr_ptr + ((t + 1) % 2) * 3 * BND
+        keep = tl.zeros([BB, 1], dtype=tl.float32) + 1.0
+        if HAS_RESET:
+            r = tl.load(rs_ptr + rowb * S + t, mask=mb, other=0)
+            keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        row = rowb * S + t
+        # phase 1: gate gradients and the carried dc, dn, column block by column block
+        for jb in range(0, tl.cdiv(DH, BN)):
+            oc = jb * BN + tl.arange(0, BN)
+            mc = oc < DH
+            m2 = mb[:, None] & mc[None, :]
+            gate = (row[:, None] * 4 * NH + h) * DH + oc[None, :]
+            st = (rowb[:, None] * NH + h) * DH + oc[None, :]
+            if t > 0:
+                prev = gate - 4 * NH * DH
+                cp = tl.load(hs_ptr + prev + gstride, mask=m2, other=0.0)
+                np_ = tl.load(hs_ptr + prev + 2 * gstride, mask=m2, other=0.0)
+                mp = tl.load(hs_ptr + prev + 3 * gstride, mask=m2, other=0.0)
+            else:
+                cp = tl.load(s0_ptr + BND + st, mask=m2, other=0.0)
+                np_ = tl.load(s0_ptr + 2 * BND + st, mask=m2, other=0.0)
+                mp = tl.load(s0_ptr + 3 * BND + st, mask=m2, other=0.0)
+            cp = cp * keep
+            np_ = np_ * keep
+            mp = mp * keep
+            ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
+            rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
+            rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
+            ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
+            nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
+            mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            lf = logsigmoid(rf)
+            ia_raw = tl.exp(ri - mt)
+            fa_raw = tl.exp(lf + mp - mt)
+            ia = tl.minimum(ia_raw, 1.0)
+            fa = tl.minimum(fa_raw, 1.0)
+            tz = tanh(rz)
+            so = tl.sigmoid(ro)
+            dy = (tl.load(dy_ptr + (row[:, None] * NH + h) * DH + oc[None, :], mask=m2, other=0.0).to(tl.float32)
+                  + tl.load(rd + st, mask=m2, other=0.0))
+            dc = tl.load(rd + BND + st, mask=m2, other=0.0)
+            dn = tl.load(rd + 2 * BND + st, mask=m2, other=0.0)
+            r_n = 1.0 / nt
+            dc = dc + dy * so * r_n
+            dn = dn - dy * so * ct * r_n * r_n
+            d_o = tl.where(m2, dy * ct * r_n * so * (1.0 - so), 0.0)
+            dfa = dc * cp + dn * np_
+            dia = dc * tz + dn
+            d_z = tl.where(m2, dc * ia * (1.0 - tz * tz), 0.0)
+            d_i = tl.where(m2 & (ia_raw <= 1.0), dia * ia_raw, 0.0)
+            dlf = tl.where(m2 & (fa_raw <= 1.0), dfa * fa_raw, 0.0)
+            d_f = dlf * tl.sigmoid(-rf)
+            tl.store(dg_ptr + gate, d_i, mask=m2)
+            tl.store(dg_ptr + gate + gstride, d_f, mask=m2)
+            tl.store(dg_ptr + gate + 2 * gstride, d_z, mask=m2)
+            tl.store(dg_ptr + gate + 3 * gstride, d_o, mask=m2)
+            dc = dc * fa * keep
+            dn = dn * fa * keep
+            tl.store(wr + BND + st, dc, mask=m2)
+            tl.store(wr + 2 * BND + st, dn, mask=m2)
+            if t == 0:
+                tl.store(ds0_ptr + BND + st, dc, mask=m2)
+                tl.store(ds0_ptr + 2 * BND + st, dn, mask=m2)
+                tl.store(ds0_ptr + 3 * BND + st, dlf * keep, mask=m2)
+        tl.debug_barrier()  # phase 2 reads the gate gradients of every column block
+        # phase 2: dy_prev = sum_g dgate_g R_g^T, tiled over output blocks
+        for kb in range(0, tl.cdiv(DH, BN)):
+            ok = kb * BN + tl.arange(0, BN)
+            mk = ok < DH
+            acc = tl.zeros([BB, BN], dtype=tl.float32)
+            for jb in range(0, tl.cdiv(DH, BN)):
+                oc = jb * BN + tl.arange(0, BN)
+                mc = oc < DH
+                m2 = mb[:, None] & mc[None, :]
+                gate = (row[:, None] * 4 * NH + h) * DH + oc[None, :]
+                rT = (h * DH + ok[None, :]) * DH + oc[:, None]  # R_g[ok, oc] as a (BN_j, BN_k) tile
+                rm = mc[:, None] & mk[None, :]
+                acc += mm(tl.load(dg_ptr + gate, mask=m2, other=0.0), tl.load(R_ptr + rT, mask=rm, other=0.0), DT, EMU)
+                acc += mm(tl.load(dg_ptr + gate + gstride, mask=m2, other=0.0),
+                          tl.load(R_ptr + RG + rT, mask=rm, other=0.0), DT, EMU)
+                acc += mm(tl.load(dg_ptr + gate + 2 * gstride, mask=m2, other=0.0),
+                          tl.load(R_ptr + 2 * RG + rT, mask=rm, other=0.0), DT, EMU)
+                acc += mm(tl.load(dg_ptr + gate + 3 * gstride, mask=m2, other=0.0),
+                          tl.load(R_ptr + 3 * RG + rT, mask=rm, other=0.0), DT, EMU)
+            dyp = acc * keep
+            stk = (rowb[:, None] * NH + h) * DH + ok[None, :]
+            mk2 = mb[:, None] & mk[None, :]
+            tl.store(wr + stk, dyp, mask=mk2)
+            if t == 0:
+                tl.store(ds0_ptr + stk, dyp, mask=mk2)
+        tl.debug_barrier()  # the next step reads this step's scratch
+
+
+REG_MAX_DH = 64  # heads up to this size keep R and the state in registers
+
+
+def _use_blocked(DH: int) -> bool:
+    return max(16, triton.next_power_of_2(DH)) > REG_MAX_DH
+
+
+def _reg_args(DH: int) -> dict:
+    return dict(DH=DH, DHP=max(16, triton.next_power_of_2(DH)), BB=BB, EMU=INTERPRET)
+
+
+def _blocked_args(DH: int) -> dict:
+    args = dict(DH=DH, BB=BB, EMU=INTERPRET)
+    if INTERPRET:
+        args["BN"] = 32
+    return args
+
+
+class _SLSTMTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, wx, R, b, y0, c0, n0, m0, reset):
+        B, S, _, NH, DH = wx.shape
+        dev = wx.device
+        f32 = torch.float32
+        wx = wx.contiguous()
+        Rc = R.contiguous()
+        bc = b.contiguous()
+        s0 = torch.stack([y0, c0, n0, m0]).to(f32).contiguous()  # (4, B, NH, DH)
+        rs = None if reset is None else reset.to(torch.int32).contiguous()
+        y = torch.empty(B, S, NH, DH, dtype=wx.dtype, device=dev)
+        hs = torch.empty(B, S, 4, NH, DH, dtype=f32, device=dev)  # (y, c, n, m) after every step
+        gs = torch.empty(B, S, 4, NH, DH, dtype=f32, device=dev)  # raw gate pre-activations
+        grid = (triton.cdiv(B, BB), NH)
+        rs_arg = rs if rs is not None else s0
+        if _use_blocked(DH):
+            _slstm_fw_blocked[grid](wx, Rc, bc, s0, rs_arg, y, hs, gs, B, S, NH, HAS_RESET=rs is not None,
+                                    **_blocked_args(DH))
+        else:
+            _slstm_fw[grid](wx, Rc, bc, s0, rs_arg, y, hs, gs, B, S, NH, HAS_RESET=rs is not None, **_reg_args(DH))
+        ctx.save_for_backward(wx, Rc, bc, s0, rs, hs, gs)
+        ctx.dtypes = (wx.dtype, R.dtype, b.dtype, y0.dtype, c0.dtype, n0.dtype, m0.dtype)
+        last = hs[:, S - 1]  # (B, 4, NH, DH)
+        m_final = last[:, 3].clone()
+        ctx.mark_non_differentiable(m_final)
+        return y, last[:, 0].clone(), last[:, 1].clone(), last[:, 2].clone(), m_final
+
+    @staticmethod
+    def backward(ctx, dy, dyN, dcN, dnN, _dmN):
+        wx, R, b, s0, rs, hs, gs = ctx.saved_tensors
+        B, S, _, NH, DH = wx.shape
+        dev = wx.device
+        f32 = torch.float32
+        dy = torch.zeros(B, S, NH, DH, dtype=wx.dtype, device=dev) if dy is None else dy.contiguous()
+        z = torch.zeros(B, NH, DH, dtype=f32, device=dev)
+        dsN = torch.stack([z if d is None else d.to(f32) for d in (dyN, dcN, dnN)])  # (3, B, NH, DH)
+        dg = torch.empty(B, S, 4, NH, DH, dtype=f32, device=dev)
+        ds0 = torch.empty(4, B, NH, DH, dtype=f32, device=dev)
+        grid = (triton.cdiv(B, BB), NH)
+        rs_arg = rs if rs is not None else s0
+        if _use_blocked(DH):
+            scr = torch.zeros(2, 3, B, NH, DH, dtype=f32, device=dev)
+            scr[(S - 1) % 2] = dsN
+            _slstm_bw_blocked[grid](dy, R, hs, gs, s0, rs_arg, scr, dg, ds0, B, S, NH, HAS_RESET=rs is not None,
+                                    **_blocked_args(DH))
+        else:
+            _slstm_bw[grid](dy, R, hs, gs, s0, rs_arg, dsN.contiguous(), dg, ds0, B, S, NH,
+                            HAS_RESET=rs is not None, **_reg_args(DH))
+        # dR[g, h] = sum_{b, t} y_prev[b, t, h]^T dgate[b, t, g, h], with y_prev the (reset-masked) previous y
+        y_prev = torch.cat([s0[0][:, None], hs[:, :-1, 0]], dim=1)  # (B, S, NH, DH)
+        if rs is not None:
+            y_prev = y_prev * (rs == 0).to(f32)[:, :, None, None]
+        dR = torch.einsum("bshd,bsghe->ghde", y_prev, dg)
+        db = dg.sum((0, 1))
+        wx_dt, R_dt, b_dt, y_dt, c_dt, n_dt, m_dt = ctx.dtypes
+        return (dg.to(wx_dt), dR.to(R_dt), db.to(b_dt), ds0[0].to(y_dt), ds0[1].to(c_dt), ds0[2].to(n_dt),
+                ds0[3].to(m_dt), None)
+
+
+def slstm_recurrent_triton(wx, R, b, initial_state=None, reset=None, return_final_state: bool = False):
+    """Triton sLSTM: same signature and function as ``naive.slstm_recurrent``."""
+    B, S, G, NH, DH = wx.shape
+    if G != 4 or tuple(R.shape) != (4, NH, DH, DH) or tuple(b.shape) != (4, NH, DH):
+        raise ValueError(f"sLSTM: wx {tuple(wx.shape)}, R {tuple(R.shape)}, b {tuple(b.shape)} do not agree "
+                         f"(want wx (B,S,4,NH,DH), R (4,NH,DH,DH), b (4,NH,DH))")
+    if reset is not None and tuple(reset.shape) != (B, S):
+        raise ValueError(f"sLSTM: reset must be (B, S) = {(B, S)}, got {tuple(reset.shape)}")
+    if wx.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"sLSTM triton: wx must be fp32, bf16 or fp16, got {wx.dtype}")
+    if S < 1:
+        raise ValueError("sLSTM triton: empty sequence")
+    if initial_state is None:
+        z = torch.zeros(B, NH, DH, dtype=torch.float32, device=wx.device)
+        initial_state = (z, z, z, z)
+    elif any(tuple(s.shape) != (B, NH, DH) for s in initial_state):
+        raise ValueError(f"sLSTM: initial state tensors must be (B, NH, DH) = {(B, NH, DH)}")
+    y, yN, cN, nN, mN = _SLSTMTriton.apply(wx, R, b, *initial_state, reset)
+    return (y, (yN, cN, nN, mN)) if return_final_state else y
+
+
+def flops_fwbw(B: int, S: int, NH: int, DH: int) -> float:
+    """Recurrent matmul FLOPs of forward + backward (y R, dgates R^T, dR)."""
+    return float(3 * 2 * B * S * NH * 4 * DH * DH)

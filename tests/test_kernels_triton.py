@@ -1,0 +1,392 @@
+"""Triton kernels (mLSTM chunkwise, sLSTM recurrent) against the torch references.
+
+On a CPU machine the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by
+tests/conftest.py and again below before anything imports triton), so sizes are tiny. On a GPU machine run with TRITON_INTERPRET=0 to test the
+compiled kernels on CUDA. Every gradient is compared with autograd of the fp64 torch reference; the
+max errors are printed (run with -s), next to the error of the fp32 torch reference for scale.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import inspect  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton")
+
+import xlstm_kernels  # noqa: E402
+from xlstm_kernels import selfcheck  # noqa: E402
+from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise, mlstm_parallel  # noqa: E402
+from xlstm_kernels.slstm import recurrent_triton, slstm_recurrent  # noqa: E402
+
+INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
+if type(triton.language.standard.cumsum).__name__ != ("InterpretedFunction" if INTERPRET else "JITFunction"):
+    pytest.skip("triton was imported before TRITON_INTERPRET was set (tests/conftest.py sets it first); "
+                "set TRITON_INTERPRET explicitly", allow_module_level=True)
+if INTERPRET:
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _fresh_selfcheck():
+    selfcheck.reset()
+    selfcheck.set_mode(None)
+    yield
+    selfcheck.reset()
+    selfcheck.set_mode(None)
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b| (b is the fp64 reference)."""
+    a, b = a.detach().to(F64).cpu(), b.detach().to(F64).cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# mLSTM
+# ---------------------------------------------------------------------------------------------------
+def mlstm_problem(B, NH, S, DK, DV, *, ioff=0.0, foff=3.0, moff=0.0, reset_p=0.1, state=True, seed=1,
+                  reset_at=()):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(B, NH, S, DK, generator=g), torch.randn(B, NH, S, DK, generator=g),
+          torch.randn(B, NH, S, DV, generator=g), torch.randn(B, NH, S, generator=g) + ioff,
+          torch.randn(B, NH, S, generator=g) + foff]
+    if state:
+        xs += [torch.randn(B, NH, DK, DV, generator=g), torch.randn(B, NH, DK, generator=g),
+               torch.randn(B, NH, 1, generator=g) + moff]
+    reset = None
+    if reset_p > 0:
+        reset = torch.rand(B, S, generator=g) < reset_p
+        reset[0, min(S - 1, 16)] = True  # a reset at a chunk boundary (chunk 16)
+        reset[-1, min(S - 1, 5)] = True  # and one inside a chunk
+    if reset_at:
+        reset = torch.zeros(B, S, dtype=torch.bool)
+        reset[:, list(reset_at)] = True
+    weights = [torch.randn(B, NH, S, DV, generator=g, dtype=F64), torch.randn(B, NH, DK, DV, generator=g, dtype=F64),
+               torch.randn(B, NH, DK, generator=g, dtype=F64), torch.randn(B, NH, 1, generator=g, dtype=F64)]
+    return xs, reset, weights
+
+
+def mlstm_run(fn, xs, reset, weights, *, dtype, final, eps=1e-6, chunk_size=16):
+    """Forward + backward of sum(h*w) (+ final state terms). Returns outputs and input gradients."""
+    xs = [x.to(DEVICE, dtype if (j < 3 or dtype == F64) else torch.float32).requires_grad_() for j, x in enumerate(xs)]
+    state = tuple(xs[5:]) if len(xs) > 5 else None
+    rs = None if reset is None else reset.to(DEVICE)
+    out = fn(*xs[:5], initial_state=state, reset=rs, return_final_state=final, eps=eps, chunk_size=chunk_size)
+    outs = [out[0], *out[1]] if final else [out]
+    loss = sum((o.to(F64) * w.to(DEVICE)).sum() for o, w in zip(outs, weights))
+    return outs, list(torch.autograd.grad(loss, xs))
+
+
+def parallel_ref(*args, chunk_size=None, **kwargs):
+    return mlstm_parallel(*args, **kwargs)
+
+
+MLSTM_CASES = {
+    # name: (B, NH, S, DK, DV, problem kwargs, run kwargs)
+    "ragged_reset_state": (2, 2, 37, 8, 24, {}, {}),
+    "floor_active": (2, 2, 37, 8, 24, dict(ioff=-6.0, foff=-2.0, moff=-6.0), {}),  # max(|den|, exp(-m)) = exp(-m)
+    "large_m_big_eps": (2, 2, 37, 8, 24, dict(ioff=8.0, moff=8.0), dict(eps=1e-2)),  # eps * exp(m) matters
+    "no_state_no_reset": (1, 2, 48, 16, 16, dict(state=False, reset_p=0.0), {}),
+    "short_seq": (1, 2, 5, 16, 16, dict(reset_p=0.0), {}),
+    "reset_at_t0": (1, 2, 20, 16, 16, dict(reset_at=(0, 9)), {}),  # the initial state is dropped: zero grads
+    "multi_tile_heads": (1, 1, 20, 72, 80, dict(reset_p=0.05), {}),  # 2 x 2 tiles of 64 under the interpreter
+    "chunk32": (1, 2, 45, 16, 32, dict(reset_p=0.1), dict(chunk_size=32)),
+}
+
+
+@pytest.mark.parametrize("case", list(MLSTM_CASES))
+def test_mlstm_fw_bw_matches_reference(case):
+    B, NH, S, DK, DV, pkw, rkw = MLSTM_CASES[case]
+    xs, reset, weights = mlstm_problem(B, NH, S, DK, DV, **pkw)
+    final = case != "short_seq"  # one case without the final state (only h carries gradient)
+    ref_o, ref_g = mlstm_run(parallel_ref, xs, reset, weights, dtype=F64, final=final, **rkw)
+    tri_o, tri_g = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=torch.float32,
+                             final=final, **rkw)
+    t32_o, t32_g = mlstm_run(mlstm_chunkwise, xs, reset, weights, dtype=torch.float32, final=final, **rkw)
+    out_names = ["h", "C", "n", "m"]
+    grad_names = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
+    report = []
+    # forward: official-test tolerances against fp64
+    for name, a, b in zip(out_names, tri_o, ref_o):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.to(F64), b, atol=1e-4, rtol=1e-3, msg=lambda m: f"{case} {name}: {m}")
+        report.append(f"{name} {rel_err(a, b):.1e}")
+    for name, a, b, c in zip(grad_names, tri_g, ref_g, t32_g):
+        err, err32 = rel_err(a, b), rel_err(c, b)
+        report.append(f"{name} {err:.1e} (torch32 {err32:.1e})")
+        assert err < 1e-4, f"{case} {name}: relative max error {err:.2e} (fp32 torch: {err32:.2e})"
+    print(f"\n[mlstm fp32 vs fp64, rel. max err] {case}: " + ", ".join(report))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mlstm_half_inputs(dtype):
+    xs, reset, weights = mlstm_problem(2, 2, 37, 16, 32)
+    xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]  # the reference sees the rounded inputs
+    ref_o, ref_g = mlstm_run(parallel_ref, xs, reset, weights, dtype=F64, final=True)
+    tri_o, tri_g = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=dtype, final=True)
+    assert tri_o[0].dtype == dtype and tri_g[0].dtype == dtype and tri_o[1].dtype == torch.float32
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    report = []
+    for name, a, b in zip(["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"], tri_o + tri_g,
+                          ref_o + ref_g):
+        err = rel_err(a, b)
+        report.append(f"{name} {err:.1e}")
+        assert err < tol, f"{dtype} {name}: {err:.2e}"
+    print(f"\n[mlstm {dtype} vs fp64] " + ", ".join(report))
+
+
+def test_mlstm_state_passing_and_grad_through_carried_state():
+    """Two halves with the state carried equal one pass, forward and backward (incl. the carried m)."""
+    xs, reset, _ = mlstm_problem(1, 2, 40, 16, 16, reset_p=0.05)
+    full = [x.clone().requires_grad_() for x in xs]
+    h, (C, n, m) = chunkwise_triton.mlstm_chunkwise_triton(*full[:5], initial_state=tuple(full[5:]), reset=reset,
+                                                            return_final_state=True, chunk_size=16)
+    split = [x.clone().requires_grad_() for x in xs]
+    cut = 19
+    part = lambda x, a, b: x[:, :, a:b]  # noqa: E731
+    h1, st = chunkwise_triton.mlstm_chunkwise_triton(*(part(x, 0, cut) for x in split[:5]),
+                                                     initial_state=tuple(split[5:]), reset=reset[:, :cut],
+                                                     return_final_state=True, chunk_size=16)
+    h2, (C2, n2, m2) = chunkwise_triton.mlstm_chunkwise_triton(*(part(x, cut, None) for x in split[:5]),
+                                                               initial_state=st, reset=reset[:, cut:],
+                                                               return_final_state=True, chunk_size=16)
+    torch.testing.assert_close(torch.cat([h1, h2], 2), h, atol=1e-5, rtol=1e-4)
+    for a, b in ((C2, C), (n2, n), (m2, m)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(h.shape, generator=g)
+    wm = torch.randn(m.shape, generator=g)
+    gf = torch.autograd.grad((h * w).sum() + (m * wm).sum() + C.sum(), full)
+    gs = torch.autograd.grad((torch.cat([h1, h2], 2) * w).sum() + (m2 * wm).sum() + C2.sum(), split)
+    for a, b in zip(gs, gf):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_autotune_bypassed_under_interpreter_and_pruning():
+    from triton.runtime.autotuner import Autotuner
+
+    from xlstm_kernels.triton_utils import prune_head_blocks
+
+    kernels = [chunkwise_triton._fw_recurrent, chunkwise_triton._fw_output, chunkwise_triton._bw_recurrent,
+               chunkwise_triton._bw_dqk, chunkwise_triton._bw_dv, recurrent_triton._slstm_fw, recurrent_triton._slstm_bw,
+               recurrent_triton._slstm_fw_blocked, recurrent_triton._slstm_bw_blocked]
+    assert all(isinstance(k, Autotuner) != INTERPRET for k in kernels)
+    small = prune_head_blocks(chunkwise_triton._PAR_CONFIGS, {}, DHQK=16, DHV=16)
+    assert small and all(c.kwargs["BK"] <= 32 and c.kwargs["BV"] <= 32 for c in small)
+    big = prune_head_blocks(chunkwise_triton._PAR_CONFIGS, {"DHQK": 256}, DHV=512)
+    assert len(big) == len(chunkwise_triton._PAR_CONFIGS)
+
+
+def test_mlstm_backend_dispatch_and_signature():
+    torch_sig = inspect.signature(xlstm_kernels.MLSTM_BACKENDS["torch"])
+    triton_sig = inspect.signature(xlstm_kernels.MLSTM_BACKENDS["triton"])
+    assert list(torch_sig.parameters) == list(triton_sig.parameters)
+    assert {k: p.default for k, p in torch_sig.parameters.items()} == {
+        k: p.default for k, p in triton_sig.parameters.items()}
+    xs, reset, _ = mlstm_problem(1, 2, 21, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the real kernels pass their self-check: no warning
+        h, st = xlstm_kernels.mlstm(*xs[:5], backend="triton", initial_state=tuple(xs[5:]), reset=reset,
+                                    return_final_state=True, chunk_size=16)
+    assert selfcheck.results()[("mlstm_chunkwise", "cpu" if INTERPRET else str(h.device), torch.float32)] is None
+    ref, ref_st = mlstm_chunkwise(*xs[:5], initial_state=tuple(xs[5:]), reset=reset, return_final_state=True)
+    torch.testing.assert_close(h, ref, atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="chunkwise"):
+        xlstm_kernels.mlstm(*xs[:5], backend="triton", form="parallel")
+    # fp64 goes to the torch reference
+    x64 = [x.double() for x in xs[:5]]
+    torch.testing.assert_close(xlstm_kernels.mlstm(*x64, backend="triton"), mlstm_chunkwise(*x64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# sLSTM
+# ---------------------------------------------------------------------------------------------------
+def slstm_problem(B, S, NH, DH, *, reset_p=0.1, state=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(B, S, 4, NH, DH, generator=g), torch.randn(4, NH, DH, DH, generator=g) * 0.3 / DH**0.5,
+          torch.randn(4, NH, DH, generator=g)]
+    if state:
+        xs += [torch.randn(B, NH, DH, generator=g), torch.randn(B, NH, DH, generator=g),
+               torch.rand(B, NH, DH, generator=g) + 0.5, torch.randn(B, NH, DH, generator=g)]
+    reset = (torch.rand(B, S, generator=g) < reset_p) if reset_p > 0 else None
+    weights = [torch.randn(B, S, NH, DH, generator=g, dtype=F64)] + [
+        torch.randn(B, NH, DH, generator=g, dtype=F64) for _ in range(3)]
+    return xs, reset, weights
+
+
+def slstm_run(fn, xs, reset, weights, *, dtype):
+    xs = [x.to(DEVICE, dtype if (j < 3 or dtype == F64) else torch.float32).requires_grad_() for j, x in enumerate(xs)]
+    state = tuple(xs[3:]) if len(xs) > 3 else None
+    rs = None if reset is None else reset.to(DEVICE)
+    y, st = fn(xs[0], xs[1], xs[2], initial_state=state, reset=rs, return_final_state=True)
+    outs = [y, *st]
+    loss = sum((o.to(F64) * w.to(DEVICE)).sum() for o, w in zip(outs[:4], weights))
+    return outs, list(torch.autograd.grad(loss, xs))
+
+
+SLSTM_CASES = {
+    "reset_state_B3": (3, 33, 2, 16, {}),
+    "no_state_no_reset_DH8": (2, 20, 2, 8, dict(state=False, reset_p=0.0)),
+    "DH80_blocked": (2, 12, 1, 80, {}),  # DH > 64: column-blocked kernels (3 blocks of 32 under the interpreter)
+}
+
+
+@pytest.mark.parametrize("case", list(SLSTM_CASES))
+def test_slstm_fw_bw_matches_reference(case):
+    B, S, NH, DH, pkw = SLSTM_CASES[case]
+    xs, reset, weights = slstm_problem(B, S, NH, DH, **pkw)
+    ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
+    tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=torch.float32)
+    t32_o, t32_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=torch.float32)
+    report = []
+    for name, a, b in zip(["y", "y_N", "c_N", "n_N", "m_N"], tri_o, ref_o):
+        torch.testing.assert_close(a.to(F64), b, atol=1e-4, rtol=1e-3, msg=lambda m: f"{case} {name}: {m}")
+        report.append(f"{name} {rel_err(a, b):.1e}")
+    assert not tri_o[4].requires_grad  # m carries no gradient, as in the reference
+    names = ["dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"]
+    for name, a, b, c in zip(names, tri_g, ref_g, t32_g):
+        if b.abs().max() == 0:  # e.g. dm0 with a zero initial state
+            assert a.abs().max() == 0, f"{case} {name} should be zero"
+            continue
+        err, err32 = rel_err(a, b), rel_err(c, b)
+        report.append(f"{name} {err:.1e} (torch32 {err32:.1e})")
+        assert err < 1e-4, f"{case} {name}: relative max error {err:.2e} (fp32 torch: {err32:.2e})"
+    print(f"\n[slstm fp32 vs fp64, rel. max err] {case}: " + ", ".join(report))
+
+
+@pytest.mark.parametrize("DH", [16, 80])
+def test_slstm_bf16_inputs(DH):
+    xs, reset, weights = slstm_problem(2, 20 if DH < 64 else 10, 2 if DH < 64 else 1, DH)
+    xs = [x.to(torch.bfloat16).float() if j < 3 else x for j, x in enumerate(xs)]
+    ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
+    tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=torch.bfloat16)
+    assert tri_o[0].dtype == torch.bfloat16 and tri_g[1].dtype == torch.bfloat16 and tri_o[1].dtype == torch.float32
+    report = []
+    for name, a, b in zip(["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"],
+                          tri_o + tri_g, ref_o + ref_g):
+        err = rel_err(a, b)
+        report.append(f"{name} {err:.1e}")
+        assert err < 3e-2, f"bf16 {name}: {err:.2e}"
+    print(f"\n[slstm bf16 vs fp64, DH={DH}] " + ", ".join(report))
+
+
+def test_slstm_backend_dispatch_and_signature():
+    torch_sig = inspect.signature(xlstm_kernels.SLSTM_BACKENDS["torch"])
+    triton_sig = inspect.signature(xlstm_kernels.SLSTM_BACKENDS["triton"])
+    assert list(torch_sig.parameters) == list(triton_sig.parameters)
+    xs, reset, _ = slstm_problem(2, 9, 2, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = xlstm_kernels.slstm(*xs[:3], backend="triton", initial_state=tuple(xs[3:]), reset=reset)
+    torch.testing.assert_close(y, slstm_recurrent(*xs[:3], initial_state=tuple(xs[3:]), reset=reset),
+                               atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# self-check fallback
+# ---------------------------------------------------------------------------------------------------
+def _wrong_mlstm(q, k, v, i, f, **kwargs):
+    out = mlstm_chunkwise(q, k, v, i, f, **kwargs)
+    if isinstance(out, tuple):
+        return out[0] * 1.5, out[1]
+    return out * 1.5
+
+
+def test_selfcheck_falls_back_and_warns_once(monkeypatch):
+    monkeypatch.setattr(chunkwise_triton, "mlstm_chunkwise_triton", _wrong_mlstm)
+    xs, reset, _ = mlstm_problem(1, 2, 21, 16, 16)
+    ref = mlstm_chunkwise(*xs[:5], reset=reset)
+    with pytest.warns(RuntimeWarning, match="failed its self-check"):
+        h = xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset)
+    torch.testing.assert_close(h, ref)  # the torch fallback, not the wrong kernel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per (kernel, device, dtype)
+        h = xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset)
+    torch.testing.assert_close(h, ref)
+    assert "relative max error" in selfcheck.results()[("mlstm_chunkwise", "cpu" if INTERPRET else "cuda:0",
+                                                        torch.float32)]
+
+
+def test_selfcheck_raise_and_off_modes(monkeypatch):
+    monkeypatch.setattr(chunkwise_triton, "mlstm_chunkwise_triton", _wrong_mlstm)
+    xs, reset, _ = mlstm_problem(1, 2, 21, 16, 16)
+    ref = mlstm_chunkwise(*xs[:5], reset=reset)
+    monkeypatch.setenv("XLSTM_KERNEL_SELFCHECK", "raise")
+    with pytest.raises(selfcheck.KernelSelfCheckError, match="mlstm_chunkwise"):
+        xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset)
+    monkeypatch.setenv("XLSTM_KERNEL_SELFCHECK", "off")  # no check: the (wrong) kernel runs
+    torch.testing.assert_close(xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset), ref * 1.5)
+    selfcheck.set_mode("raise")  # the function overrides the env var
+    with pytest.raises(selfcheck.KernelSelfCheckError):
+        xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset)
+    with pytest.raises(ValueError):
+        selfcheck.set_mode("sometimes")
+
+
+def test_selfcheck_slstm_fallback(monkeypatch):
+    def wrong(wx, R, b, **kwargs):
+        return slstm_recurrent(wx, R, b * 2, **kwargs)
+
+    monkeypatch.setattr(recurrent_triton, "slstm_recurrent_triton", wrong)
+    xs, reset, _ = slstm_problem(2, 9, 2, 16)
+    with pytest.warns(RuntimeWarning, match="slstm_recurrent"):
+        y = xlstm_kernels.slstm(*xs[:3], backend="triton", reset=reset)
+    torch.testing.assert_close(y, slstm_recurrent(*xs[:3], reset=reset))
+
+
+def test_import_without_triton_falls_back():
+    code = ("import sys, warnings, torch; sys.modules['triton'] = None\n"
+            "import xlstm_kernels\n"
+            "q = torch.randn(1, 2, 7, 8)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    h = xlstm_kernels.mlstm(q, q, q, q[..., 0], q[..., 0], backend='triton')\n"
+            "assert torch.equal(h, xlstm_kernels.mlstm(q, q, q, q[..., 0], q[..., 0]))\n"
+            "assert any('self-check' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# benchmark script
+# ---------------------------------------------------------------------------------------------------
+def test_kernels_compile_for_sm90_without_gpu():
+    """AOT-compile every kernel for an H100 (the interpreter does not catch every compile error)."""
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"triton has no CUDA backend here: {e}")
+    script = REPO / "tools" / "bench" / "kernels.py"
+    out = subprocess.run([sys.executable, str(script), "--aot-check", "--aot-quick"], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TRITON_INTERPRET": "0"})
+    print(out.stdout[-4000:])
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "COMPILE ERROR" not in out.stdout and "FAIL" not in out.stdout
+
+
+def test_bench_script_help_and_cpu_smoke():
+    script = REPO / "tools" / "bench" / "kernels.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--cpu-smoke" in out.stdout, out.stderr[-2000:]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "PASS" in out.stdout and "FAIL" not in out.stdout, out.stdout[-3000:]

@@ -1,0 +1,494 @@
+"""Benchmark + correctness check of our Triton xLSTM kernels on a GPU (H100 / H200).
+
+1. correctness: our Triton mLSTM (bf16 and fp32 inputs, ragged length, document resets, initial and
+   final state) and sLSTM against the fp64 torch reference on the GPU: relative max error of the outputs
+   and of every gradient (inputs, gates, initial state);
+2. speed: forward+backward time and TFLOP/s of the chunkwise mLSTM at B=8, NH=8, S in {2048, 8192,
+   32768}, DHQK=256, DHV=512, bf16, next to the peers that are importable:
+     - mlstm_kernels ``chunkwise--triton_xl_chunk`` (NXAI TFLA; only run as a reference, never imported
+       by our package),
+     - flash-linear-attention ``chunk_simple_gla`` (scalar-gated linear attention: same state size, no
+       normaliser / max stabiliser),
+     - PyTorch SDPA causal attention (same q, k, v shapes),
+     - our torch chunkwise reference,
+   and the sLSTM Triton kernel vs the torch reference loop.
+   TFLOP/s use one FLOP count for every column (our chunkwise matmul count), so they compare times;
+   "x ours" is peer time / our time (> 1: we are faster).
+
+    python tools/bench/kernels.py                     # full run (needs CUDA)
+    python tools/bench/kernels.py --seqlens 2048 --skip-peers
+    python tools/bench/kernels.py --cpu-smoke         # tiny dry run on CPU under TRITON_INTERPRET=1
+    python tools/bench/kernels.py --aot-check         # compile every kernel for sm_90, no GPU needed
+
+--aot-check compiles each kernel (default autotune config) ahead of time for a CUDA target with the
+toolchain bundled in the triton wheel, and reports shared memory, registers and spill bytes per thread:
+it catches compile errors the interpreter does not see, and launches that would exceed the SM's shared
+memory, on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--B", type=int, default=8)
+    p.add_argument("--NH", type=int, default=8)
+    p.add_argument("--seqlens", type=int, nargs="+", default=[2048, 8192, 32768])
+    p.add_argument("--dhqk", type=int, default=256)
+    p.add_argument("--dhv", type=int, default=512)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--chunk-size", type=int, default=64, help="our chunk size (power of two)")
+    p.add_argument("--peer-chunk-size", type=int, default=128, help="chunk size for mlstm_kernels xl_chunk")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--skip-peers", action="store_true", help="only our kernels (and the torch reference)")
+    p.add_argument("--skip-torch-ref-above", type=int, default=8192,
+                   help="do not time the torch chunkwise reference above this S (memory)")
+    p.add_argument("--skip-correctness", action="store_true")
+    p.add_argument("--slstm-B", type=int, default=8)
+    p.add_argument("--slstm-NH", type=int, default=4)
+    p.add_argument("--slstm-DH", type=int, default=128)
+    p.add_argument("--slstm-S", type=int, default=2048)
+    p.add_argument("--aot-check", action="store_true",
+                   help="compile every kernel for --aot-arch without a GPU; report smem / registers / spills")
+    p.add_argument("--aot-arch", type=int, default=90, help="CUDA compute capability for --aot-check (90 = H100/H200)")
+    p.add_argument("--aot-quick", action="store_true", help="--aot-check on fewer variants (used by the tests)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="tiny sizes on CPU under the Triton interpreter (sets TRITON_INTERPRET=1): checks the script runs")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def rel_err(a, b):
+    import torch
+
+    a, b = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def timeit(fn, device, warmup, reps):
+    """Median seconds of fn() (fn does forward + backward)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def guarded(fn):
+    """Run fn; return (value, None) or (None, short error) on OOM / missing feature / failure."""
+    import torch
+
+    try:
+        return fn(), None
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None, "OOM"
+    except Exception as e:  # noqa: BLE001 - a peer failing must not stop the benchmark
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print(f"\n{title}")
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(str(x).rjust(w) for x, w in zip(r, widths)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------------------------------
+def mlstm_correctness(device, dtype, B, NH, S, DK, DV, chunk_size):
+    import torch
+
+    from xlstm_kernels.mlstm import mlstm_chunkwise
+    from xlstm_kernels.mlstm.chunkwise_triton import mlstm_chunkwise_triton
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(B, NH, S, DK, generator=g), torch.randn(B, NH, S, DK, generator=g),
+          torch.randn(B, NH, S, DV, generator=g), torch.randn(B, NH, S, generator=g),
+          torch.randn(B, NH, S, generator=g) + 3.0, torch.randn(B, NH, DK, DV, generator=g),
+          torch.randn(B, NH, DK, generator=g), torch.randn(B, NH, 1, generator=g)]
+    xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]  # both sides see the rounded inputs
+    reset = (torch.rand(B, S, generator=g) < 2.0 / max(S, 1)).to(device)
+    ws = [torch.randn(B, NH, S, DV, generator=g), torch.randn(B, NH, DK, DV, generator=g),
+          torch.randn(B, NH, DK, generator=g), torch.randn(B, NH, 1, generator=g)]
+    ws = [w.to(device, torch.float64) for w in ws]
+
+    def run(fn, in_dtype):
+        a = [x.to(device, in_dtype if (j < 3 or in_dtype == torch.float64) else torch.float32).requires_grad_()
+             for j, x in enumerate(xs)]
+        h, st = fn(*a[:5], initial_state=tuple(a[5:]), reset=reset, return_final_state=True, chunk_size=chunk_size)
+        outs = [h, *st]
+        loss = sum((o.double() * w).sum() for o, w in zip(outs, ws))
+        return outs + list(torch.autograd.grad(loss, a))
+
+    ref = run(mlstm_chunkwise, torch.float64)
+    got = run(mlstm_chunkwise_triton, dtype)
+    names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
+    return {n: rel_err(a, b) for n, a, b in zip(names, got, ref)}
+
+
+def slstm_correctness(device, dtype, B, S, NH, DH):
+    import torch
+
+    from xlstm_kernels.slstm import slstm_recurrent
+    from xlstm_kernels.slstm.recurrent_triton import slstm_recurrent_triton
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(B, S, 4, NH, DH, generator=g), torch.randn(4, NH, DH, DH, generator=g) * 0.3 / math.sqrt(DH),
+          torch.randn(4, NH, DH, generator=g), torch.randn(B, NH, DH, generator=g), torch.randn(B, NH, DH, generator=g),
+          torch.rand(B, NH, DH, generator=g) + 0.5, torch.randn(B, NH, DH, generator=g)]
+    xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
+    reset = (torch.rand(B, S, generator=g) < 2.0 / max(S, 1)).to(device)
+    ws = [torch.randn(B, S, NH, DH, generator=g)] + [torch.randn(B, NH, DH, generator=g) for _ in range(3)]
+    ws = [w.to(device, torch.float64) for w in ws]
+
+    def run(fn, in_dtype):
+        a = [x.to(device, in_dtype if (j < 3 or in_dtype == torch.float64) else torch.float32).requires_grad_()
+             for j, x in enumerate(xs)]
+        y, st = fn(a[0], a[1], a[2], initial_state=tuple(a[3:]), reset=reset, return_final_state=True)
+        outs = [y, *st]
+        loss = sum((o.double() * w).sum() for o, w in zip(outs[:4], ws))
+        return outs + list(torch.autograd.grad(loss, a))
+
+    ref = run(slstm_recurrent, torch.float64)
+    got = run(slstm_recurrent_triton, dtype)
+    names = ["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"]
+    return {n: rel_err(a, b) for n, a, b in zip(names, got, ref)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# speed
+# ---------------------------------------------------------------------------------------------------
+def mlstm_contenders(args, device, dtype):
+    """name -> factory(q, k, v, i, f) -> callable doing forward + backward; None when not importable."""
+    import torch
+
+    from xlstm_kernels.mlstm import mlstm_chunkwise
+    from xlstm_kernels.mlstm.chunkwise_triton import mlstm_chunkwise_triton
+
+    def fwbw(call):
+        def run():
+            out = call()
+            out.backward(torch.ones_like(out))
+        return run
+
+    out = {"ours (triton)": lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise_triton(q, k, v, i, f,
+                                                                                        chunk_size=args.chunk_size))}
+    if args.skip_peers or device.type != "cuda":
+        out["torch chunkwise ref"] = lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise(q, k, v, i, f,
+                                                                                      chunk_size=args.chunk_size))
+        return out
+    try:  # NXAI TFLA kernels: benchmark reference only
+        from mlstm_kernels.torch import get_mlstm_kernel
+
+        xl = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+        kw = {"chunk_size": args.peer_chunk_size}
+        if "autocast_kernel_dtype" in inspect.signature(xl).parameters:
+            kw["autocast_kernel_dtype"] = dtype
+        out["mlstm_kernels xl_chunk"] = lambda q, k, v, i, f: fwbw(lambda: xl(q, k, v, i, f, **kw))
+    except Exception as e:  # noqa: BLE001
+        print(f"[peer skipped] mlstm_kernels: {type(e).__name__}: {e}")
+    try:
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        params = inspect.signature(chunk_simple_gla).parameters
+
+        def fla_factory(q, k, v, i, f):
+            qt, kt, vt = (x.transpose(1, 2).contiguous().detach().requires_grad_() for x in (q, k, v))
+            gt = torch.nn.functional.logsigmoid(f.float()).transpose(1, 2).contiguous().detach().requires_grad_()
+            kw = {"head_first": False} if "head_first" in params else {}
+
+            def call():
+                o = chunk_simple_gla(q=qt, k=kt, v=vt, g=gt, scale=q.shape[-1] ** -0.5, **kw)
+                return o[0] if isinstance(o, tuple) else o
+            return fwbw(call)
+        out["fla chunk_simple_gla"] = fla_factory
+    except Exception as e:  # noqa: BLE001
+        print(f"[peer skipped] flash-linear-attention: {type(e).__name__}: {e}")
+
+    def sdpa_factory(q, k, v, i, f):
+        return fwbw(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+    out["torch SDPA causal"] = sdpa_factory
+    out["torch chunkwise ref"] = lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise(q, k, v, i, f,
+                                                                                  chunk_size=args.chunk_size))
+    return out
+
+
+def mlstm_speed(args, device, dtype):
+    import torch
+
+    from xlstm_kernels.mlstm.chunkwise_triton import flops_fwbw
+
+    contenders = mlstm_contenders(args, device, dtype)
+    names = list(contenders)
+    rows = []
+    for S in args.seqlens:
+        g = torch.Generator(device=device).manual_seed(0)
+        B, NH, DK, DV = args.B, args.NH, args.dhqk, args.dhv
+        mk = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
+        q, k = (mk(B, NH, S, DK).to(dtype).requires_grad_() for _ in range(2))
+        v = mk(B, NH, S, DV).to(dtype).requires_grad_()
+        i = mk(B, NH, S).requires_grad_()
+        f = (mk(B, NH, S) + 3.0).requires_grad_()
+        flops = flops_fwbw(B, NH, S, DK, DV, args.chunk_size)
+        times = {}
+        for name in names:
+            if name == "torch chunkwise ref" and S > args.skip_torch_ref_above:
+                times[name] = (None, "skipped")
+                continue
+            fn, err = guarded(lambda: contenders[name](q, k, v, i, f))
+            if fn is None:
+                times[name] = (None, err)
+                continue
+            for x in (q, k, v, i, f):
+                x.grad = None
+            times[name] = guarded(lambda: timeit(fn, device, args.warmup, args.reps))
+            print(f"  S={S} {name}: " + (f"{times[name][0] * 1e3:.2f} ms" if times[name][0] else times[name][1]),
+                  flush=True)
+        ours = times[names[0]][0]
+        row = [S]
+        for name in names:
+            t, err = times[name]
+            if t is None:
+                row.append(err[:24])
+            else:
+                ratio = f" x{t / ours:.2f}" if ours and name != names[0] else ""
+                row.append(f"{t * 1e3:.2f}ms {flops / t / 1e12:.1f}TF{ratio}")
+        rows.append(row)
+        del q, k, v, i, f
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print_table(f"mLSTM chunkwise forward+backward, B={args.B} NH={args.NH} DHQK={args.dhqk} DHV={args.dhv} "
+                f"{args.dtype} (time, TFLOP/s of our FLOP count, x = peer time / ours)", ["S"] + names, rows)
+
+
+def slstm_speed(args, device, dtype):
+    import torch
+
+    from xlstm_kernels.slstm import slstm_recurrent
+    from xlstm_kernels.slstm.recurrent_triton import flops_fwbw, slstm_recurrent_triton
+
+    B, S, NH, DH = args.slstm_B, args.slstm_S, args.slstm_NH, args.slstm_DH
+    g = torch.Generator(device=device).manual_seed(0)
+    wx = torch.randn(B, S, 4, NH, DH, generator=g, device=device).to(dtype).requires_grad_()
+    R = (torch.randn(4, NH, DH, DH, generator=g, device=device) * 0.3 / math.sqrt(DH)).to(dtype).requires_grad_()
+    b = torch.randn(4, NH, DH, generator=g, device=device).to(dtype).requires_grad_()
+
+    def fwbw(fn):
+        def run():
+            y = fn(wx, R, b)
+            y.backward(torch.ones_like(y))
+        return run
+
+    res = {}
+    for name, fn in (("ours (triton)", slstm_recurrent_triton), ("torch reference", slstm_recurrent)):
+        res[name] = guarded(lambda: timeit(fwbw(fn), device, 1, max(1, args.reps // 2)))
+    flops = flops_fwbw(B, S, NH, DH)
+    ours = res["ours (triton)"][0]
+    row = [S]
+    for name, (t, err) in res.items():
+        row.append(err[:24] if t is None else
+                   f"{t * 1e3:.2f}ms {flops / t / 1e12:.2f}TF" + (f" x{t / ours:.2f}" if ours and name != "ours (triton)" else ""))
+    print_table(f"sLSTM forward+backward, B={B} NH={NH} DH={DH} {args.dtype} (x = reference time / ours)",
+                ["S"] + list(res), [row])
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# ahead-of-time compile check (no GPU needed)
+# ---------------------------------------------------------------------------------------------------
+SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KiB)
+
+
+def _kernel_variants(quick):
+    """(label, kernel object, constexprs, num_warps, num_stages, dtype) for every kernel we launch."""
+    from xlstm_kernels.mlstm import chunkwise_triton as ct
+    from xlstm_kernels.slstm import recurrent_triton as rt
+
+    out = []
+    m_dtypes = [("bf16", True), ("fp32", False)] if quick else [(d, r) for d in ("bf16", "fp16", "fp32") for r in (True, False)]
+    for dt, has_reset in m_dtypes:
+        for name, cfgs in (("_fw_recurrent", ct._REC_CONFIGS), ("_fw_output", ct._PAR_CONFIGS),
+                           ("_bw_recurrent", ct._REC_CONFIGS), ("_bw_dqk", ct._PAR_CONFIGS),
+                           ("_bw_dv", ct._PAR_CONFIGS), ("_bw_mchain", None), ("_bw_prep", None)):
+            consts = dict(DHV=512, BT=64, BV=128) if name == "_bw_prep" else dict(L=64)
+            warps, stages = 4, 1
+            if cfgs is not None:
+                c = cfgs[0]
+                consts.update(DHQK=256, DHV=512, HAS_RESET=has_reset, EMU=False, **c.kwargs)
+                warps, stages = c.num_warps, c.num_stages
+            out.append((f"mLSTM {name} L64 DHQK256 DHV512 reset={has_reset}", getattr(ct, name), consts, warps, stages, dt))
+    s_cases = [("bf16", 64), ("bf16", 192)] if quick else [(d, dh) for d in ("bf16", "fp32") for dh in (64, 128, 192, 512)]
+    for dt, DH in s_cases:
+        DHP = max(16, 1 << (DH - 1).bit_length())
+        if DHP <= rt.REG_MAX_DH:
+            for name in ("_slstm_fw", "_slstm_bw"):
+                c = rt._CONFIGS[0]
+                out.append((f"sLSTM {name} DH{DH}", getattr(rt, name),
+                            dict(DH=DH, DHP=DHP, BB=rt.BB, HAS_RESET=True, EMU=False), c.num_warps, c.num_stages, dt))
+        else:
+            for name in ("_slstm_fw_blocked", "_slstm_bw_blocked"):
+                c = rt._BLOCKED_CONFIGS[0]
+                out.append((f"sLSTM {name} DH{DH}", getattr(rt, name),
+                            dict(DH=DH, BB=rt.BB, HAS_RESET=True, EMU=False, **c.kwargs), c.num_warps, c.num_stages, dt))
+    return out
+
+
+def _arg_type(name, dt):
+    if name in ("q_ptr", "k_ptr", "v_ptr", "h_ptr", "dh_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "wx_ptr", "y_ptr", "dy_ptr",
+                "R_ptr", "b_ptr"):
+        return f"*{dt}"
+    if name == "rs_ptr":
+        return "*i32"
+    if name.endswith("_ptr"):
+        return "*fp32"
+    if name in ("scale", "eps"):
+        return "fp32"
+    return "i32"
+
+
+def aot_check(args):
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.autotuner import Autotuner
+
+    target = GPUTarget("cuda", args.aot_arch, 32)
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    rows, failed = [], False
+    for label, kernel, consts, warps, stages, dt in _kernel_variants(args.aot_quick):
+        fn = kernel
+        while isinstance(fn, Autotuner):
+            fn = fn.fn
+        sig = {a: ("constexpr" if a in consts else _arg_type(a, dt)) for a in fn.arg_names}
+        try:
+            compiled = triton.compile(ASTSource(fn, sig, constexprs=consts), target=target,
+                                      options={"num_warps": warps, "num_stages": stages})
+        except Exception as e:  # noqa: BLE001
+            rows.append([label, dt, f"w{warps}", "-", "-", "-", "COMPILE ERROR"])
+            print(f"{label} {dt}: {type(e).__name__}: {e}", file=sys.stderr)
+            failed = True
+            continue
+        smem = compiled.metadata.shared
+        regs = spill = "?"
+        if cuobjdump.exists() and "cubin" in compiled.asm:
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(compiled.asm["cubin"])
+                f.flush()
+                res = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True)
+            for line in res.stdout.splitlines():
+                if "REG:" in line:
+                    fields = dict(x.split(":", 1) for x in line.split() if ":" in x)
+                    regs, spill = fields.get("REG", "?"), fields.get("STACK", "?")
+        ok = smem <= SMEM_LIMIT
+        failed |= not ok
+        rows.append([label, dt, f"w{warps}", smem, regs, spill, "PASS" if ok else "FAIL (smem)"])
+    print_table(f"AOT compile for sm_{args.aot_arch} (default autotune config of each kernel)",
+                ["kernel", "dtype", "warps", "smem B", "regs", "stack B", "status"], rows)
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.aot_check:
+        os.environ["TRITON_INTERPRET"] = "0"  # compile real kernels, not interpreter stand-ins
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            print("triton is not installed.", file=sys.stderr)
+            return 2
+        return aot_check(args)
+    if args.cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton kernels
+        args.B, args.NH, args.seqlens, args.dhqk, args.dhv, args.chunk_size = 1, 2, [40], 16, 32, 16
+        args.slstm_B, args.slstm_NH, args.slstm_DH, args.slstm_S = 2, 2, 16, 12
+        args.warmup, args.reps, args.skip_peers = 1, 1, True
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        print("tools/bench/kernels.py needs a CUDA GPU (none found). Use --cpu-smoke for a tiny CPU dry run "
+              "under the Triton interpreter.", file=sys.stderr)
+        return 2
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("triton is not installed (pip install triton, or a CUDA build of torch).", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+
+    failed = False
+    if not args.skip_correctness:
+        rows = []
+        tols = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+        if args.cpu_smoke:
+            cases = [("mLSTM", torch.float32, dict(B=1, NH=2, S=37, DK=16, DV=32, chunk_size=16)),
+                     ("mLSTM", torch.bfloat16, dict(B=1, NH=2, S=37, DK=16, DV=32, chunk_size=16)),
+                     ("sLSTM", torch.float32, dict(B=2, S=12, NH=2, DH=16))]
+        else:
+            cases = [("mLSTM", torch.float32, dict(B=2, NH=2, S=1000, DK=args.dhqk, DV=args.dhv, chunk_size=args.chunk_size)),
+                     ("mLSTM", dtype, dict(B=2, NH=2, S=1000, DK=args.dhqk, DV=args.dhv, chunk_size=args.chunk_size)),
+                     ("sLSTM", torch.float32, dict(B=4, S=200, NH=2, DH=args.slstm_DH)),
+                     ("sLSTM", dtype, dict(B=4, S=200, NH=2, DH=args.slstm_DH))]
+        for kind, dt, kw in cases:
+            fn = mlstm_correctness if kind == "mLSTM" else slstm_correctness
+            errs, e = guarded(lambda: fn(device, dt, **kw))
+            if errs is None:
+                rows.append([kind, str(dt).replace("torch.", ""), "ERROR " + e, "FAIL"])
+                failed = True
+                continue
+            ok = all(v < tols[dt] for v in errs.values())
+            failed |= not ok
+            rows.append([kind, str(dt).replace("torch.", ""), " ".join(f"{k}={v:.1e}" for k, v in errs.items()),
+                         "PASS" if ok else "FAIL"])
+        print_table("correctness vs fp64 torch reference (relative max error per output / gradient)",
+                    ["kernel", "dtype", "errors", "status"], rows)
+
+    mlstm_speed(args, device, dtype)
+    slstm_speed(args, device, dtype)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
