@@ -1,0 +1,12 @@
+"""Training: ``python -m xlstm_pretrain.train --config RUN.yaml [key=value ...]`` (under torchrun or deepspeed).
+
+    trainer.py     the training loop, top to bottom (main, train)
+    config.py      TrainConfig, OptimConfig, CheckpointConfig, LoggingConfig, EvalConfig; cross-section checks
+    setup.py       process group and device, config loading, data and tokenizer checks, the DeepSpeed engine
+    optim.py       AdamW weight-decay groups and learning-rate schedules
+    checkpoint.py  atomic checkpoints (DeepSpeed state + data position + RNG + config), resume, consolidation
+    metrics.py     FLOPs/MFU, stdout lines, metrics.jsonl, wandb, gate telemetry, plots
+    evaluate.py    validation loss/perplexity, FLOP milestones, the unigram baseline
+
+This package imports nothing heavy: the root config imports ``train.config``.
+"""

@@ -1,0 +1,191 @@
+"""Config sections of a training run (root ``Config`` fields ``train``, ``optim``, ``checkpoint``, ``logging``,
+``eval``), and the cross-section checks that need the world size.
+
+    train:      {run_dir, steps, global_batch_size, micro_batch_size, zero_stage, precision, ...}
+    optim:      {lr, betas, eps, weight_decay, grad_clip, schedule, warmup_steps, decay_steps, ...}
+    checkpoint: {interval, keep_last, consolidated, consolidated_dtype}
+    logging:    {interval, wandb, wandb_project, wandb_run_name, gate_telemetry}
+    eval:       {interval, flop_milestones_per_decade, samples, ...}
+
+Each section validates itself when loaded (``config_loader.build_dataclass``); ``check_run`` adds the
+checks that involve several sections and the number of processes. Every problem is a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from xlstm_pretrain.config_loader import ConfigError
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, for the fault-tolerance tests (all off by default)."""
+
+    nonfinite_at_steps: list[int] = field(default_factory=list)  # make the loss NaN at these steps (all ranks)
+    kill_at_step: int | None = None  # SIGKILL rank ``kill_rank`` right after this step ...
+    kill_during_checkpoint_at_step: int | None = None  # ... or in the middle of writing this step's checkpoint
+    kill_rank: int = 0
+    only_first_attempt: bool = True  # kill only when TORCHELASTIC_RESTART_COUNT is 0 (so a restart completes)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # checkpoints/, metrics.jsonl, config.yaml, deepspeed_config.json, wandb/
+    steps: int = 1000  # optimizer steps of the whole run
+    global_batch_size: int = 256  # sequences per optimizer step (all data-parallel ranks, all micro-batches)
+    micro_batch_size: int = 1  # sequences per rank per forward/backward; accumulation = global / (micro x DP)
+    zero_stage: int = 1  # DeepSpeed ZeRO stage: 1 optimizer states, 2 + gradients, 3 + parameters
+    # fp32: everything fp32. bf16: torch.autocast(bf16) compute, fp32 parameters = master weights, fp32
+    # gradient reduction (the paper's setting). bf16-params: DeepSpeed bf16 (bf16 parameters and
+    # activations, fp32 master weights inside ZeRO): less memory and communication.
+    precision: Literal["fp32", "bf16", "bf16-params"] = "bf16"
+    activation_checkpointing: bool = False  # recompute each block in backward
+    seed: int = 1234  # model initialisation (the data order has its own data.seed)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda (NCCL) if available, else cpu (gloo)
+    tokenizer: str | None = None  # tokenizer.json; its sha256 must match the data manifests
+    init_from: str | None = None  # plain/consolidated checkpoint dir (model.safetensors) to start from
+    max_consecutive_nonfinite: int = 5  # stop the run after this many skipped steps in a row
+    deepspeed: dict[str, Any] = field(default_factory=dict)  # extra keys merged into the generated config
+    fault: FaultConfig = field(default_factory=FaultConfig)
+
+    def validate(self) -> None:
+        _need(bool(self.run_dir), "run_dir must not be empty")
+        for name in ("steps", "global_batch_size", "micro_batch_size", "max_consecutive_nonfinite"):
+            _need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _need(self.zero_stage in (1, 2, 3), f"zero_stage must be 1, 2 or 3, got {self.zero_stage} "
+                                            "(DeepSpeed ZeRO is the one engine)")
+        _need(self.global_batch_size % self.micro_batch_size == 0,
+              f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
+        managed = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                   "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler"}
+        clash = sorted(managed & set(self.deepspeed))
+        _need(not clash, f"deepspeed: {clash} are generated from train/optim settings; set those instead")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with the official weight-decay groups, and the learning-rate schedule.
+
+    lr(step), step = 0, 1, ... (the optimizer step being taken):
+      warm-up   step < warmup_steps: lr * (step + 1) / warmup_steps
+      main      s = step - warmup_steps
+        cosine:      lr_min + (lr - lr_min) (1 + cos(pi min(s / decay_steps, 1))) / 2,  lr_min = min_lr_ratio lr
+        exponential: lr * min_lr_ratio ** (s / decay_steps)  (reaches lr_min after decay_steps, keeps decaying)
+        wsd, constant: lr
+      cool-down the last cooldown_steps of the run: from the main-phase lr at its start down to
+                cooldown_min_ratio lr, linearly or as 1 - sqrt (wsd needs cooldown_steps > 0).
+    decay_steps None = up to the cool-down (or the end of the run).
+    """
+
+    lr: float = 1e-3  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-5
+    weight_decay: float = 0.1
+    weight_decay_on_embedding: bool = False
+    grad_clip: float = 1.0  # global gradient-norm clipping (0 = off)
+    schedule: Literal["cosine", "exponential", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 750
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    cooldown_steps: int = 0
+    cooldown_shape: Literal["linear", "sqrt"] = "linear"
+    cooldown_min_ratio: float = 0.0
+
+    def validate(self) -> None:
+        _need(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
+        _need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"betas must be two values in [0, 1), got {self.betas}")
+        _need(self.eps > 0, f"eps must be positive, got {self.eps}")
+        _need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        _need(self.warmup_steps >= 0 and self.cooldown_steps >= 0, "warmup_steps and cooldown_steps must be >= 0")
+        _need(self.decay_steps is None or self.decay_steps > 0, f"decay_steps must be positive, got {self.decay_steps}")
+        _need(0 <= self.min_lr_ratio <= 1 and 0 <= self.cooldown_min_ratio <= 1,
+              "min_lr_ratio and cooldown_min_ratio must be in [0, 1]")
+        _need(self.schedule != "exponential" or self.min_lr_ratio > 0, "schedule=exponential needs min_lr_ratio > 0")
+        _need(self.schedule != "wsd" or self.cooldown_steps > 0,
+              "schedule=wsd (warm-up, stable, decay) needs cooldown_steps > 0 (the decay phase)")
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 1000  # steps between checkpoints (0: only at the end)
+    keep_last: int = 3  # older checkpoints are deleted once a newer one is complete
+    save_final: bool = True
+    # consolidated/ inside each checkpoint: config.yaml + model.safetensors (the full, TP-independent
+    # state dict) + tokenizer.json: a plain checkpoint for evaluation, export and train.init_from
+    consolidated: bool = True
+    consolidated_dtype: Literal["fp32", "bf16"] = "fp32"
+
+    def validate(self) -> None:
+        _need(self.interval >= 0, f"interval must be >= 0, got {self.interval}")
+        _need(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 10  # steps between stdout lines / metrics.jsonl train rows
+    # wandb: auto = online with an API key (WANDB_API_KEY or a wandb login), offline without one
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    wandb_project: str = "xlstm-pretrain"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None  # default: the run_dir's name
+    gate_telemetry: bool = True  # min/mean/max of input/forget gate pre-activations per block, on log steps
+
+    def validate(self) -> None:
+        _need(self.interval > 0, f"interval must be positive, got {self.interval}")
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 1000  # also evaluate every this many steps (0: off)
+    # evaluate when the cumulative training FLOPs cross 10^(k / per_decade) (a grid shared by all runs,
+    # so that runs of different sizes are compared at the same compute); 0: off
+    flop_milestones_per_decade: int = 4
+    min_flops: float = 0.0  # no milestone evaluations below this many FLOPs
+    samples: int = 512  # validation sequences per evaluation (all ranks together; 0: the whole set)
+    micro_batch_size: int | None = None  # default: train.micro_batch_size
+    at_end: bool = True
+
+    def validate(self) -> None:
+        _need(self.interval >= 0 and self.flop_milestones_per_decade >= 0,
+              "interval and flop_milestones_per_decade must be >= 0")
+        _need(self.samples >= 0, f"samples must be >= 0, got {self.samples}")
+        _need(self.micro_batch_size is None or self.micro_batch_size > 0, "micro_batch_size must be positive")
+
+
+# ---- checks across sections ---------------------------------------------------------------------
+
+
+def reject_context_parallel(cfg) -> None:
+    """The one place that refuses context parallelism until the trainer supports it (the CP work plugs in here)."""
+    if cfg.parallel.context_parallel > 1:
+        raise ConfigError(f"parallel.context_parallel={cfg.parallel.context_parallel}: context parallelism is not "
+                          "available in the trainer yet; use context_parallel=1")
+
+
+def check_run(cfg, world_size: int) -> int:
+    """Checks that need several sections and the world size; returns the gradient-accumulation steps."""
+    from xlstm_pretrain.parallel import check_layout
+
+    reject_context_parallel(cfg)
+    dp = check_layout(cfg.model, cfg.parallel, world_size, cfg.data.seq_len)
+    t = cfg.train
+    per_step = t.micro_batch_size * dp
+    if t.global_batch_size % per_step:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} must be a multiple of "
+                          f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty: list at least one {path, weight} (a data_prep output folder)")
+    if cfg.optim.warmup_steps + cfg.optim.cooldown_steps > t.steps:
+        raise ConfigError(f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps} + "
+                          f"{cfg.optim.cooldown_steps} exceed train.steps={t.steps}")
+    return t.global_batch_size // per_step
