@@ -100,6 +100,22 @@ def test_tp_dp_zero2_run_matches_a_plain_pytorch_loop(data, straight):
     assert val[0]["tokens"] == 20 * 8 * 32 and val[0]["flops"] == pytest.approx(20 * rows[1]["flops"])
 
 
+def test_context_parallel_run_matches_a_plain_pytorch_loop(data, tmp_path):
+    """CP=2 x DP=2 (4 ranks), ZeRO-2: each sequence split across 2 ranks with state passed between them."""
+    run = tmp_path / "cp"
+    proc = torchrun(4, ["--resume", "none"] + tiny_overrides(data, run, **{
+        "parallel.context_parallel": 2, "train.zero_stage": 2, "eval.interval": 6}))
+    assert proc.returncode == 0, output(proc)
+    ref = reference_run(data, steps=6)
+    rows = {r["step"]: r for r in metrics(run, "train")}
+    assert sorted(rows) == list(range(1, 7))
+    for step, r in rows.items():
+        assert r["loss"] == pytest.approx(ref["losses"][step], abs=2e-5), step
+        assert r["grad_norm"] == pytest.approx(ref["norms"][step], rel=1e-4), step
+    val = [r for r in metrics(run, "val") if r["step"] == 6]
+    assert len(val) == 1 and val[0]["val_loss"] == pytest.approx(ref["val_loss"], abs=2e-5)
+
+
 def test_resume_after_kill_is_exact(data, straight, tmp_path):
     straight_run, _ = straight
     run = tmp_path / "killed"

@@ -47,9 +47,9 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
 
     from xlstm_pretrain.data import build_train_dataset, build_validation_dataset
     from xlstm_pretrain.model import build_model
-    from xlstm_pretrain.parallel import check_layout, init_parallel_state, load_full_state_dict, parallelize_model
+    from xlstm_pretrain.parallel import (apply_context_parallel, check_layout, init_parallel_state,
+                                         load_full_state_dict, parallelize_model)
     from xlstm_pretrain.train import setup
-    from xlstm_pretrain.train.config import reject_context_parallel
     from xlstm_pretrain.train.evaluate import (evaluate, token_counts, unigram_cross_entropy, validation_slice,
                                                validation_targets)
 
@@ -57,7 +57,6 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
     # the training layout does not carry over: one process unless the overrides say otherwise
     layout = ["parallel.tensor_parallel=1", "parallel.context_parallel=1", "parallel.sequence_parallel=false"]
     cfg = setup.load_run_config([plain / "config.yaml"], [*layout, *overrides])
-    reject_context_parallel(cfg)
     validation = build_validation_dataset(cfg.data)
     if validation is None:
         raise ConfigError("data.validation is empty: give validation shards "
@@ -70,7 +69,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
     full = load_file(str(plain / "model.safetensors"))
     if cfg.model.tie_embeddings:
         full["lm_head.weight"] = full["embedding.weight"]
-    model = parallelize_model(model, state)
+    model = apply_context_parallel(parallelize_model(model, state), state)
     load_full_state_dict(model, {k: v.to(rt.device, torch.float32) for k, v in full.items()})
     micro = cfg.eval.micro_batch_size or cfg.train.micro_batch_size
     indices = validation_slice(len(validation), cfg.eval.samples, micro, state.dp, state.dp_rank)

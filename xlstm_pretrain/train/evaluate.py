@@ -39,21 +39,22 @@ def validation_slice(num_samples: int, requested: int, micro_batch: int, dp_size
 def evaluate(model, dataset, indices: range, micro_batch: int, device, autocast, state) -> tuple[float, int]:
     """Mean token loss over ``dataset[indices]`` on every DP rank together: (loss, target tokens)."""
     from xlstm_pretrain.data import collate_samples
-    from xlstm_pretrain.parallel import lm_loss
+    from xlstm_pretrain.parallel import lm_loss, shard_sequence
 
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for start in range(indices.start, indices.stop, micro_batch):
-        batch = collate_samples([dataset[i] for i in range(start, min(start + micro_batch, indices.stop))])
+        batch = shard_sequence(collate_samples([dataset[i] for i in range(start, min(start + micro_batch, indices.stop))]),
+                               state)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         with autocast:
             logits = model(ids, doc_boundaries=batch["doc_boundaries"].to(device))
         token_loss = lm_loss(model, logits, labels)
         total[0] += token_loss.double().sum()
         total[1] += (labels != -100).sum()
-    if state.dp > 1:
-        dist.all_reduce(total, group=state.dp_group)
+    if state.dp * state.cp > 1:  # (every CP rank holds a slice of every sequence)
+        dist.all_reduce(total, group=state.dp_cp_group)
     model.train(was_training)
     return (total[0] / total[1]).item(), int(total[1].item())
 

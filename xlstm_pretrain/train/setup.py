@@ -185,7 +185,7 @@ def build_data(cfg: Config) -> Data:
 def build_parallel_model(cfg: Config, state, device: torch.device):
     """The plain model from ``train.seed`` (or ``train.init_from``), sharded for TP, on ``device``."""
     from xlstm_pretrain.model import build_model
-    from xlstm_pretrain.parallel import load_full_state_dict, parallelize_model
+    from xlstm_pretrain.parallel import apply_context_parallel, load_full_state_dict, parallelize_model
 
     torch.manual_seed(cfg.train.seed)  # the same full model on every rank; TP keeps each rank's slice
     with torch.device(device):
@@ -199,7 +199,7 @@ def build_parallel_model(cfg: Config, state, device: torch.device):
             diff = sorted(set(full) ^ set(model.state_dict()))
             raise ConfigError(f"train.init_from={cfg.train.init_from}: its tensors do not match model.* "
                               f"(differing names: {diff[:6]})")
-    model = parallelize_model(model, state)
+    model = apply_context_parallel(parallelize_model(model, state), state)
     if full is not None:
         load_full_state_dict(model, {k: v.to(device=device, dtype=torch.float32) for k, v in full.items()})
     if cfg.train.activation_checkpointing:

@@ -39,18 +39,17 @@ class NonFiniteStop(RuntimeError):
 
 
 def micro_batch_loss(engine, batch: dict, device, autocast, state) -> torch.Tensor:
-    """Mean token loss of this rank's micro-batch (TP: vocab-parallel cross entropy, same on all TP ranks).
+    """This rank's share of the micro-batch's mean token loss (TP: vocab-parallel cross entropy, the same on
+    all TP ranks). With context parallelism each rank takes its contiguous slice of every sequence and
+    divides its token-loss sum by the token count of the whole sequences (DeepSpeed sums gradients over CP)."""
+    from xlstm_pretrain.parallel import lm_loss, shard_sequence, token_count
 
-    Context parallelism plugs in here: shard the batch along the sequence and divide this rank's token
-    loss sum by the token count of the whole sequences (DeepSpeed sums gradients over CP ranks).
-    """
-    from xlstm_pretrain.parallel import lm_loss
-
+    batch = shard_sequence(batch, state)
     labels = batch["labels"].to(device, non_blocking=True)
     with autocast:
         logits = engine(batch["input_ids"].to(device, non_blocking=True),
                         doc_boundaries=batch["doc_boundaries"].to(device, non_blocking=True))
-    return lm_loss(engine.module, logits, labels).sum() / (labels != -100).sum()
+    return lm_loss(engine.module, logits, labels).sum() / token_count(labels, state)
 
 
 def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
@@ -136,8 +135,8 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         step_loss = loss_sum / grad_accum
-        if state.dp > 1:
-            dist.all_reduce(step_loss, group=state.dp_group)
+        if state.dp * state.cp > 1:  # CP ranks hold parts of one loss (sum), DP ranks replicas (mean)
+            dist.all_reduce(step_loss, group=state.dp_cp_group)
             step_loss /= state.dp
         step_loss = step_loss.item()
         seconds = time.perf_counter() - t0
