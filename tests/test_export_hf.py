@@ -343,3 +343,23 @@ def test_paper_remote_model_refuses_padding_and_continues_from_its_cache(exporte
         torch.testing.assert_close(torch.cat([first.logits, rest], 1), full, atol=1e-5, rtol=0)
         with pytest.raises(ValueError, match="padded"):
             hf(ids, attention_mask=torch.ones_like(ids).index_fill_(1, torch.tensor([0]), 0))
+
+
+def test_export_from_a_training_run_dir(exported, tmp_path):
+    """A run dir (checkpoints/latest -> step_N/consolidated, written by the trainer at any layout) exports
+    exactly like the plain checkpoint inside it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    case = exported["cases"]["large_random"]
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_00000002"
+    shutil.copytree(case["ckpt"], step / "consolidated")
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    direct, via_run = tmp_path / "direct", tmp_path / "via_run"
+    export_to_hf(case["ckpt"], direct)
+    export_to_hf(run, via_run)
+    a = {k: v for f in sorted(direct.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    b = {k: v for f in sorted(via_run.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    _tensors_identical(a, b)

@@ -97,11 +97,22 @@ def export_state_dict_to_hf(
     return out_dir
 
 
+def _plain_dir(path: str | Path) -> Path:
+    p = Path(path)
+    latest = p / "checkpoints" / "latest"
+    if latest.is_file():  # a run dir
+        p = latest.parent / latest.read_text().strip()
+    if (p / "consolidated" / "model.safetensors").is_file():  # a training checkpoint
+        p = p / "consolidated"
+    return p
+
+
 def export_to_hf(checkpoint_dir: str | Path, out_dir: str | Path, *, token_ids: dict[str, int | None] | None = None,
                  **kwargs) -> Path:
-    """Export a plain checkpoint. Token ids: ``token_ids`` over the checkpoint's generation_config.json
-    over ``<|endoftext|>`` of its tokenizer (bos = eos); ids known nowhere are written as null."""
-    ckpt = read_plain_checkpoint(checkpoint_dir)
+    """Export a plain checkpoint, a training checkpoint (its consolidated/ TP=1 state dict, written at any
+    TP/CP/ZeRO layout) or a run dir (its latest checkpoint). Token ids: ``token_ids`` over the checkpoint's
+    generation_config.json over ``<|endoftext|>`` of its tokenizer (bos = eos); ids known nowhere are null."""
+    ckpt = read_plain_checkpoint(_plain_dir(checkpoint_dir))
     tokenizer_json = ckpt.directory / "tokenizer.json"
     ids = {**hf_files.eod_token_ids(tokenizer_json if tokenizer_json.is_file() else None), **ckpt.token_ids,
            **(token_ids or {})}
