@@ -67,6 +67,13 @@ def _enter_hook(state):
     return hook
 
 
+def _shard_conv(conv, state: ParallelState) -> None:
+    """A depthwise conv over channels that belong to heads: keep the local heads' channels."""
+    shard_parameter_(conv, "weight", state, 0)
+    shard_parameter_(conv, "bias", state, 0)
+    conv.channels //= state.tp
+
+
 def _parallelize_paper_mlstm(block: PaperMLSTMBlock, state: ParallelState) -> None:
     tp = state.tp
     for p in block.norm.parameters():
@@ -75,9 +82,7 @@ def _parallelize_paper_mlstm(block: PaperMLSTMBlock, state: ParallelState) -> No
     layer.proj_up = ColumnParallelLinear(layer.proj_up, state, chunks=2)  # [x_m; z], each split by heads
     layer.inner_dim //= tp
     layer.num_heads //= tp
-    shard_parameter_(layer.conv, "weight", state, 0)
-    shard_parameter_(layer.conv, "bias", state, 0)
-    layer.conv.channels //= tp
+    _shard_conv(layer.conv, state)
     for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
         shard_parameter_(proj, "weight", state, 0)
         proj.num_blocks //= tp
@@ -96,9 +101,7 @@ def _parallelize_paper_slstm(block: PaperSLSTMBlock, state: ParallelState) -> No
             mark_sequence_parallel_(p, state)
     layer = block.slstm
     if layer.conv is not None:
-        shard_parameter_(layer.conv, "weight", state, 0)
-        shard_parameter_(layer.conv, "bias", state, 0)
-        layer.conv.channels //= tp
+        _shard_conv(layer.conv, state)
     for gate in (layer.igate, layer.fgate, layer.zgate, layer.ogate):
         shard_parameter_(gate, "weight", state, 0)
         gate.num_blocks //= tp
