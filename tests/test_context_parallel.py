@@ -8,10 +8,13 @@ from tp_workers import cp_equivalence, tiny_config
 from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.parallel import ParallelConfig, check_layout
 
-# (family, tp, cp, sequence_parallel, backend)
-CP_CASES = [(f, 1, cp, False, "torch") for f in ("paper", "large") for cp in (2, 4)]
-CP_CASES += [(f, 2, 2, sp, "torch") for f in ("paper", "large") for sp in (False, True)]
-CP_CASES += [("paper", 1, 2, False, "triton")]  # Triton mLSTM + sLSTM kernels (interpreter on CPU)
+# (family, tp, cp, sequence_parallel, backend, activation checkpointing)
+CP_CASES = [(f, 1, cp, False, "torch", False) for f in ("paper", "large") for cp in (2, 4)]
+CP_CASES += [(f, 2, 2, sp, "torch", False) for f in ("paper", "large") for sp in (False, True)]
+CP_CASES += [("paper", 1, 2, False, "triton", False)]  # Triton mLSTM + sLSTM kernels (interpreter on CPU)
+# every block recomputed in backward: the CP messages are replayed, not resent
+CP_CASES += [("paper", 1, 4, False, "torch", True), ("paper", 2, 2, True, "torch", True),
+             ("large", 1, 2, False, "torch", True)]
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +22,11 @@ def cp_results():
     return run_distributed(cp_equivalence, 4, CP_CASES)[0]
 
 
-@pytest.mark.parametrize("case", CP_CASES, ids=lambda c: f"{c[0]}-tp{c[1]}-cp{c[2]}-{'sp' if c[3] else 'nosp'}-{c[4]}")
+@pytest.mark.parametrize("case", CP_CASES, ids=lambda c: f"{c[0]}-tp{c[1]}-cp{c[2]}-{'sp' if c[3] else 'nosp'}-{c[4]}"
+                                                       + ("-recompute" if c[5] else ""))
 def test_cp_matches_single_process(cp_results, case):
     r = cp_results[case]
+    assert r["resent"] == 0
     assert r["logits"] < 1e-5 and r["loss"] < 1e-5
     assert r["grad"] < 1e-5, f"gradient of {r['worst_grad']} differs by {r['grad']:.2e}"
     assert r["state"] < 1e-5  # the final state after the whole sequence (TBPTT across steps)
@@ -36,7 +41,7 @@ def test_cp_communication_volume_is_the_analytic_minimum(cp_results):
     DH = D // NH
     summaries = 2 * B * NH * (DH * DH + DH + 2)
     halos = 2 * B * (K - 1) * D + B * (K - 1) * d
-    sent = cp_results[("paper", 1, 2, False, "torch")]["fwd_bytes"]
+    sent = cp_results[("paper", 1, 2, False, "torch", False)]["fwd_bytes"]
     assert sent["all_gather_stack"] == 4 * (summaries + halos)
     assert sent["send_state"] == 4 * (4 * B * d)
 

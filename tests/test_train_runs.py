@@ -101,10 +101,12 @@ def test_tp_dp_zero2_run_matches_a_plain_pytorch_loop(data, straight):
 
 
 def test_context_parallel_run_matches_a_plain_pytorch_loop(data, tmp_path):
-    """CP=2 x DP=2 (4 ranks), ZeRO-2: each sequence split across 2 ranks with state passed between them."""
+    """CP=2 x DP=2 (4 ranks), ZeRO-2: each sequence split across 2 ranks with state passed between them,
+    every block recomputed in backward (activation checkpointing replays the CP messages)."""
     run = tmp_path / "cp"
     proc = torchrun(4, ["--resume", "none"] + tiny_overrides(data, run, **{
-        "parallel.context_parallel": 2, "train.zero_stage": 2, "eval.interval": 6}))
+        "parallel.context_parallel": 2, "train.zero_stage": 2, "eval.interval": 6,
+        "train.activation_checkpointing": "true"}))
     assert proc.returncode == 0, output(proc)
     ref = reference_run(data, steps=6)
     rows = {r["step"]: r for r in metrics(run, "train")}

@@ -178,8 +178,6 @@ def test_run_configs_follow_the_papers(path):
 
 
 @pytest.mark.parametrize("overrides, world, match", [
-    (["parallel.context_parallel=2", "train.activation_checkpointing=true"], 2,
-     "activation_checkpointing=true is not supported with parallel.context_parallel > 1"),
     (["parallel.context_parallel=2", "data.seq_len=48"], 2, "must be a multiple of context_parallel x chunk_size"),
     (["train.global_batch_size=12", "train.micro_batch_size=4"], 2,
      "must be a multiple of train.micro_batch_size x data-parallel size"),

@@ -159,7 +159,7 @@ def zero_cases(cases):
 
 
 def cp_equivalence(cases):
-    """For each (family, tp, cp, sequence_parallel, backend): max errors of the CP(xTP) run against one process:
+    """For each (family, tp, cp, sequence_parallel, backend, activation checkpointing): max errors of the CP(xTP) run against one process:
     outputs (gathered along the sequence), loss, every gradient (summed over CP ranks, gathered over TP),
     the final state, and per-layer communication volume."""
     import torch.distributed as dist
@@ -173,7 +173,7 @@ def cp_equivalence(cases):
     bounds[:, 0] = True
     bounds[0, [16, 30, 33, 48]] = True  # on a CP=4 edge (16, 48), just before (30) and after (33) the CP=2 edge
     bounds[1, [31, 32, 47]] = True  # one token before an edge, on it, and one before another
-    for family, tp, cp, sp, backend in cases:
+    for family, tp, cp, sp, backend, recompute in cases:
         cfg = tiny_config(family)
         cfg.backend = backend
         state = init_parallel_state(ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp))
@@ -186,6 +186,10 @@ def cp_equivalence(cases):
 
         torch.manual_seed(0)
         model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
+        if recompute:
+            from xlstm_pretrain.train.setup import enable_activation_checkpointing
+
+            enable_activation_checkpointing(model)
         local = shard_sequence(dict(input_ids=ids, labels=labels, doc_boundaries=bounds), state, cfg.chunk_size)
         mappings.comm_log = []
         logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"], return_state=True)
@@ -193,10 +197,12 @@ def cp_equivalence(cases):
         fwd_bytes = {}
         for name, payload, _wire in mappings.comm_log:
             fwd_bytes[name] = fwd_bytes.get(name, 0) + payload
-        mappings.comm_log = None
         # each CP rank: its token-loss sum / the global token count (gradients are then summed over CP)
         loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
         loss.backward()
+        # CP messages sent again in backward (a recomputed block must replay, not resend, them)
+        resent = sum(1 for name, _p, _w in mappings.comm_log[n_fwd:] if name in ("all_gather_stack", "send_state"))
+        mappings.comm_log = None
         grads = {}
         for n, p in model.named_parameters():
             g = p.grad.clone()
@@ -217,7 +223,7 @@ def cp_equivalence(cases):
                 for a, b in zip(blk_ref[key], blk[key]):
                     if tp == 1:  # (with TP the states hold local heads/channels only)
                         state_err = max(state_err, (a - b).abs().max().item())
-        out[(family, tp, cp, sp, backend)] = dict(
+        out[(family, tp, cp, sp, backend, recompute)] = dict(resent=resent,
             logits=(full_logits - ref_logits).abs().max().item(), loss=abs(total_loss.item() - ref_loss.item()),
             grad=grad_err[worst], worst_grad=worst, state=state_err, fwd_bytes=fwd_bytes, n_fwd=n_fwd,
         )

@@ -10,7 +10,9 @@ runs its chunkwise kernel on its shard, and the recurrent state crosses shard bo
 - sLSTM (non-linear): the state is passed rank to rank (serial, memory still sharded); gradients of
   each received state go back to the previous rank.
 - causal conv: each rank receives the last K-1 inputs of the previous rank (a halo).
-Document resets that fall on or across shard edges behave exactly as without CP.
+Document resets that fall on or across shard edges behave exactly as without CP. Under activation
+checkpointing a recomputed block replays these forward messages instead of sending them again
+(``mappings.CommReplay``).
 
 Modules are converted in place by swapping their class (as FSDP2's fully_shard does), so parameter
 names and the plain model's layers stay untouched.
@@ -27,7 +29,7 @@ from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
 from xlstm_pretrain.model.components import CausalConv1d
 
-from .mappings import all_gather_stack, depend_on, recv_from_previous, send_to_next
+from .mappings import all_gather_stack, depend_on, forward_message, recv_from_previous, send_to_next
 from .state import ParallelState
 
 # "Empty" stabiliser: a state with no contribution at all (not even the zero state's m = 0 floor).
@@ -104,7 +106,12 @@ class ContextParallelSLSTMCell(SLSTMCell):
         if not return_state:
             return y, None
         final = torch.stack(final).detach()
-        dist.broadcast(final, src=dist.get_global_rank(group, world - 1), group=group)
+
+        def broadcast():
+            dist.broadcast(final, src=dist.get_global_rank(group, world - 1), group=group)
+            return final
+
+        final = forward_message("broadcast_state", broadcast)
         return y, tuple(final.unbind(0))
 
 

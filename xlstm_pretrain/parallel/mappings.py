@@ -19,6 +19,8 @@ Context parallelism (CP group, sequence split contiguously across ranks):
     send_to_next               fwd send state to rank+1                 bwd recv its gradient from rank+1
 
 Every function takes the process group explicitly and is the identity when the group has one rank.
+Under activation checkpointing the context-parallel forwards replay their recorded results when autograd
+recomputes a block (``CommReplay``); their backwards, and every TP collective, run as usual.
 An optional ``comm_log`` list records (name, payload bytes, wire bytes) per call, for tests and the
 communication benchmark: payload = the tensor this rank hands to the collective; wire = bytes this rank
 sends under the usual ring algorithms (all-reduce 2(w-1)/w N, reduce-scatter and all-to-all (w-1)/w N
@@ -26,6 +28,8 @@ of the full input, all-gather (w-1) x its own part, point-to-point N), as in ncc
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.distributed as dist
@@ -274,6 +278,67 @@ def all_reduce_grad_hook(group):
     return hook
 
 
+# ---- activation checkpointing: a recomputed block replays its context-parallel messages -----------
+
+
+class CommReplay:
+    """The results of the context-parallel forward messages of one checkpointed block, in order: recorded
+    on its first forward, handed back when autograd recomputes the block in backward.
+
+    Re-sending them would deadlock: CP ranks do not recompute in lockstep (the ring runs backwards in
+    backward), their graphs differ (rank 0 receives nothing), and a non-reentrant recompute stops as soon as
+    it has rebuilt what backward needs, so a rank may never reach the send its neighbour waits for. The
+    recorded tensors are what the first forward produced anyway, so recomputed activations are identical.
+    TP collectives are symmetric within a CP rank and are simply rerun (as in Megatron)."""
+
+    def __init__(self):
+        self.results: list[tuple[str, torch.Tensor | None]] = []
+        self.position: int | None = None  # None while recording
+
+    @contextlib.contextmanager
+    def _active(self, position):
+        global _active_replay
+        outer, _active_replay = _active_replay, self
+        self.position = position
+        try:
+            yield
+        finally:
+            _active_replay = outer
+
+    def recording(self):
+        return self._active(None)
+
+    def replaying(self):
+        return self._active(0)
+
+
+_active_replay: CommReplay | None = None  # module-global: backward may run on the autograd engine's thread
+
+
+def checkpoint_context():
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: record the
+    block's CP messages in its forward, replay them in its recompute."""
+    replay = CommReplay()
+    return replay.recording(), replay.replaying()
+
+
+def forward_message(name: str, run):
+    """``run()`` sends/receives a forward message (returning its tensor, or None); replayed on recompute."""
+    replay = _active_replay
+    if replay is None:
+        return run()
+    if replay.position is None:
+        out = run()
+        replay.results.append((name, None if out is None else out.detach()))
+        return out
+    recorded_name, out = replay.results[replay.position]
+    if recorded_name != name:
+        raise RuntimeError(f"activation checkpointing: the recomputed block sent {name!r} where its first forward "
+                           f"sent {recorded_name!r} (message {replay.position}); its forward must be deterministic")
+    replay.position += 1
+    return None if out is None else out.detach()  # a fresh tensor object: autograd attaches a node to it
+
+
 # ---- context parallelism: gather per-rank summaries, pass state along the ring ------------------
 
 
@@ -284,7 +349,7 @@ class _AllGatherStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _all_gather(x[None], group, 0, "all_gather_stack")
+        return forward_message("all_gather_stack", lambda: _all_gather(x[None], group, 0, "all_gather_stack"))
 
     @staticmethod
     def backward(ctx, g):
@@ -306,9 +371,13 @@ class _RecvFromPrevious(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, shape, dtype, group):
         ctx.group = group
-        buf = torch.empty(shape, dtype=dtype, device=anchor.device)
-        dist.recv(buf, src=_global_rank(group, _rank(group) - 1), group=group)
-        return buf
+
+        def recv():
+            buf = torch.empty(shape, dtype=dtype, device=anchor.device)
+            dist.recv(buf, src=_global_rank(group, _rank(group) - 1), group=group)
+            return buf
+
+        return forward_message("recv_state", recv)
 
     @staticmethod
     def backward(ctx, g):
@@ -326,8 +395,12 @@ class _SendToNext(torch.autograd.Function):
     def forward(ctx, x, out_dtype, group):
         ctx.group, ctx.shape, ctx.dtype, ctx.device = group, x.shape, x.dtype, x.device
         x = x.detach().contiguous()
-        _log("send_state", x, group, "p2p")
-        dist.send(x, dst=_global_rank(group, _rank(group) + 1), group=group)
+
+        def send():
+            _log("send_state", x, group, "p2p")
+            dist.send(x, dst=_global_rank(group, _rank(group) + 1), group=group)
+
+        forward_message("send_state", send)
         return torch.zeros((), dtype=out_dtype, device=x.device)
 
     @staticmethod

@@ -165,17 +165,10 @@ class EvalConfig:
 # ---- checks across sections ---------------------------------------------------------------------
 
 
-def check_context_parallel(cfg) -> None:
-    if cfg.parallel.context_parallel > 1 and cfg.train.activation_checkpointing:
-        # recomputing a block in backward would replay its cross-shard state exchange out of order
-        raise ConfigError("train.activation_checkpointing=true is not supported with parallel.context_parallel > 1")
-
-
 def check_run(cfg, world_size: int) -> int:
     """Checks that need several sections and the world size; returns the gradient-accumulation steps."""
     from xlstm_pretrain.parallel import check_layout
 
-    check_context_parallel(cfg)
     dp = check_layout(cfg.model, cfg.parallel, world_size, cfg.data.seq_len)
     t = cfg.train
     per_step = t.micro_batch_size * dp

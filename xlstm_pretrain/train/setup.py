@@ -219,14 +219,18 @@ def load_consolidated(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def enable_activation_checkpointing(model) -> None:
-    """Recompute every block in backward (non-reentrant checkpointing; TP collectives are redone)."""
+    """Recompute every block in backward (non-reentrant checkpointing). TP collectives are redone; the
+    context-parallel messages (state summaries, the sLSTM ring, conv halos) are replayed, not resent."""
     from torch.utils.checkpoint import checkpoint
+
+    from xlstm_pretrain.parallel.mappings import checkpoint_context
 
     for block in model.blocks:
         forward = block.forward
 
         def checkpointed(x, state=None, reset=None, return_state=False, _forward=forward):
-            return checkpoint(_forward, x, state, reset, return_state, use_reentrant=False)
+            return checkpoint(_forward, x, state, reset, return_state, use_reentrant=False,
+                              context_fn=checkpoint_context)
 
         block.forward = checkpointed
 
