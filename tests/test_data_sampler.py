@@ -208,6 +208,49 @@ def test_sampler_rejects_inconsistent_sizes():
     assert list(sampler) == [[20, 21], [22, 23], [28, 29], [30, 31]] and len(sampler) == 4
 
 
+def ramped_steps(sched, steps, dp, mbs, first_step=0, consumed=0):
+    """Per step, the global sample indices of every rank's micro-batches (ranks in order), from a ramped sampler."""
+    per_rank = [list(GlobalBatchSampler(sched.batch_size, mbs, r, dp, consumed_samples=consumed,
+                                        num_steps=steps - first_step, first_step=first_step)) for r in range(dp)]
+    out, pos = [], 0
+    for step in range(first_step, steps):
+        k = sched.grad_accum(step, mbs, dp)
+        out.append([g for rank in per_rank for mb in rank[pos:pos + k] for g in mb])
+        pos += k
+    assert all(len(rank) == pos for rank in per_rank)  # nothing left over
+    return out
+
+
+def test_batch_size_rampup_keeps_the_global_order_and_resumes(shard_sets):
+    """Ramp-up 2 (2 steps) -> 4 (2 steps) -> 8: step s takes the next B(s) samples of the one global order (no
+    sample lost or repeated), whatever the DP size or micro-batch; a resume mid ramp-up continues it exactly."""
+    from xlstm_pretrain.train.batch_schedule import BatchSchedule
+
+    sched, steps = BatchSchedule(((2, 2), (4, 2)), 8), 7
+    reference = ramped_steps(sched, steps, dp=1, mbs=2)
+    assert [len(b) for b in reference] == [2, 2, 4, 4, 8, 8, 8]
+    constant = [g for idx in GlobalBatchSampler(4, 2, num_steps=9) for g in idx]  # the constant-batch order
+    assert [g for b in reference for g in b] == constant[:sched.consumed_samples(steps)] == list(range(36))
+    # DP=2 (each rank a contiguous half) and micro-batch 1: the same global batches
+    assert ramped_steps(sched, steps, dp=2, mbs=1) == reference == ramped_steps(sched, steps, dp=1, mbs=1)
+    for first in (1, 3, 4, 5):  # resume inside a stage, at a stage boundary, after the ramp-up
+        assert ramped_steps(sched, steps, dp=2, mbs=1, first_step=first,
+                            consumed=sched.consumed_samples(first)) == reference[first:]
+    # through the DataLoader (2 workers), on the mixture: rank 1 of 2 gets its halves of the same samples
+    sets = [PackedSamples(p, SEQ) for p, _, _ in shard_sets]
+    mix = ShuffledMixture(sets, [0.5, 0.3, 0.2], seed=1, block_size=50)
+    sampler = GlobalBatchSampler(sched.batch_size, 1, 1, 2, consumed_samples=sched.consumed_samples(3),
+                                 num_steps=steps - 3, first_step=3)
+    assert len(sampler) == 2 + 4 + 4 + 4
+    rows = [r for b in build_dataloader(mix, sampler, num_workers=2) for r in b["input_ids"].tolist()]
+    expected = [g for b in reference[3:] for g in b[len(b) // 2:]]
+    assert rows == [mix[g]["input_ids"].tolist() for g in expected]
+    with pytest.raises(TypeError, match="micro_batches_at"):
+        sampler.micro_batches_per_step
+    with pytest.raises(ValueError, match=r"global_batch_size=3 \(step 1\) must be a multiple of"):
+        list(GlobalBatchSampler(lambda step: 2 + step, 1, 0, 2, num_steps=3))
+
+
 def test_data_config_from_yaml_and_errors(shard_sets, tmp_path):
     (a_prefixes, a_stream, a_starts), (b_prefixes, _, _), _ = shard_sets
     yaml_file = tmp_path / "data.yaml"

@@ -264,6 +264,22 @@ def test_300b_run_configs_compute_plan():
                                              rel=1e-9), f
 
 
+def test_run_plans_count_the_batch_rampup():
+    """The 7B recipe's ramp-up (128, 256 for 2000 steps each, then 512) enters D and C; a sweep base refuses one."""
+    from xlstm_pretrain.config_loader import ConfigError
+    from xlstm_pretrain.sweeps.grid import load_base
+    from xlstm_pretrain.train.config import BatchRampStage
+
+    (row,) = predict_runs({"params_column": "params_non_embedding"},
+                          [REPO / "configs" / "runs" / "xlstm_large_7b.yaml"])
+    assert row["tokens"] == (128 * 2000 + 256 * 2000 + 512 * 546_000) * 8192
+    spec = load_sweep(REPO / "configs" / "sweeps" / "micro_cpu.yaml")
+    base = load_base(spec)
+    base.train.batch_size_rampup = [BatchRampStage(global_batch_size=16, steps=10)]
+    with pytest.raises(ConfigError, match="sweep base sets train.batch_size_rampup"):
+        expand(spec, base)
+
+
 # ---- figures, SLURM, CLI --------------------------------------------------------------------------
 
 

@@ -41,8 +41,9 @@ def straight(data, tmp_path_factory):
 # ---- an independent single-process reference -----------------------------------------------------
 
 
-def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16):
-    """Plain PyTorch: one process, the whole global batch, torch AdamW + clipping, our own lr formula."""
+def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16, batches=None):
+    """Plain PyTorch: one process, the whole global batch, torch AdamW + clipping, our own lr formula.
+    ``batches``: the global batch of every step (a ramp-up), else ``batch`` throughout."""
     from xlstm_pretrain.data import build_train_dataset, build_validation_dataset, collate_samples
     from xlstm_pretrain.model import build_model
     from xlstm_pretrain.train import setup
@@ -57,13 +58,16 @@ def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16):
                             lr=lr, betas=(0.9, 0.95), eps=1e-5)
     dataset = build_train_dataset(cfg.data)
     losses, lrs, norms = {}, {}, {}
+    consumed = 0
     for step in range(steps):
         s = step - warmup
         lrs[step + 1] = lr * (step + 1) / warmup if step < warmup else \
             0.1 * lr + 0.9 * lr * 0.5 * (1 + math.cos(math.pi * s / (steps - warmup)))
         for g in opt.param_groups:
             g["lr"] = lrs[step + 1]
-        b = collate_samples([dataset[i] for i in range(step * batch, (step + 1) * batch)])
+        size = batches[step] if batches else batch
+        b = collate_samples([dataset[i] for i in range(consumed, consumed + size)])
+        consumed += size
         logits = model(b["input_ids"], doc_boundaries=b["doc_boundaries"])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"].flatten())
         opt.zero_grad()
@@ -137,6 +141,42 @@ def test_resume_after_kill_is_exact(data, straight, tmp_path):
     assert [r["val_loss"] for r in metrics(run, "val")] == [r["val_loss"] for r in metrics(straight_run, "val")]
     w_a = load_file(str(straight_run / "checkpoints/step_00000020/consolidated/model.safetensors"))
     w_b = load_file(str(run / "checkpoints/step_00000020/consolidated/model.safetensors"))
+    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+
+
+RAMP_RUN = {"train.micro_batch_size": 1, "checkpoint.interval": 3,
+            "train.batch_size_rampup": "[{global_batch_size: 2, steps: 2}, {global_batch_size: 4, steps: 2}]"}
+
+
+def test_batch_size_rampup_matches_a_plain_loop_and_resumes_mid_ramp(data, tmp_path, capfd):
+    """DP=2, micro-batch 1, ramp-up 2 (2 steps) -> 4 (2 steps) -> 8: accumulation 1, 1, 2, 2, 4, 4 micro-batches
+    equal a plain loop over the same consecutive samples; a resume from the step-3 checkpoint (mid ramp-up)
+    continues bit-identically."""
+    straight, resumed = tmp_path / "ramp", tmp_path / "ramp_resumed"
+    run_distributed(run_configs, 2, [
+        ("straight", [], tiny_overrides(data, straight, **RAMP_RUN)),
+        ("resumed", [], tiny_overrides(data, resumed, **RAMP_RUN), str(straight / "checkpoints" / "step_00000003"))])
+    line = "batch ramp-up: 2 (2 steps) -> 4 (2 steps) -> 8 sequences per step; 896 tokens in 6 steps"
+    assert line in capfd.readouterr().out
+    sizes = [2, 2, 4, 4, 8, 8]
+    rows = metrics(straight, "train")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert [r["tokens"] for r in rows] == [32 * sum(sizes[:k + 1]) for k in range(6)]  # seq_len 32
+    assert all(r["flops"] == pytest.approx(rows[0]["flops"] / 64 * r["tokens"], rel=1e-12) for r in rows)
+    ref = reference_run(data, steps=6, batches=sizes)
+    for r in rows:
+        assert r["loss"] == pytest.approx(ref["losses"][r["step"]], abs=2e-5), r["step"]
+        assert r["grad_norm"] == pytest.approx(ref["norms"][r["step"]], rel=1e-4), r["step"]
+    state = json.loads((straight / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
+    assert state["progress"]["consumed_samples"] == 8 and state["data"]["batch_size_rampup"] == [[2, 2], [4, 2]]
+    final = json.loads((straight / "checkpoints" / "step_00000006" / "trainer_state.json").read_text())
+    assert (final["progress"]["consumed_samples"], final["progress"]["tokens"]) == (28, 896)
+    again = metrics(resumed, "train")
+    assert [r["step"] for r in again] == [4, 5, 6]
+    keys = ("loss", "grad_norm", "tokens", "flops", "lr")
+    assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in rows[3:]]  # bit-identical
+    w_a = load_file(str(straight / "checkpoints/step_00000006/consolidated/model.safetensors"))
+    w_b = load_file(str(resumed / "checkpoints/step_00000006/consolidated/model.safetensors"))
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
 
 
@@ -234,7 +274,8 @@ def family_cases(data, base: Path):
         case("paper_2_7b_tp2_sp", "xlstm_1_0_2_7b_15b.yaml", "tp4_sp_zero2.yaml", "model.num_blocks=2",
              "parallel.tensor_parallel=2"),
         case("large_7b_zero3", "xlstm_large_7b.yaml", "dp_zero3.yaml", "model.num_blocks=2",
-             "optim.decay_steps=2", "optim.cooldown_steps=1"),
+             "optim.decay_steps=2", "optim.cooldown_steps=1",  # the recipe's batch ramp-up, shrunk: 8, then 16
+             "train.batch_size_rampup=[{global_batch_size: 8, steps: 1}]", "train.global_batch_size=16"),
     ]
 
 
@@ -249,5 +290,6 @@ def test_every_config_family_runs_shrunk(data, tmp_path):
     large = json.loads(Path(results["large_7b_zero3"]["checkpoint"], "trainer_state.json").read_text())
     assert large["layout"] == {"world_size": 2, "tensor_parallel": 1, "context_parallel": 1, "data_parallel": 2,
                                "zero_stage": 3, "precision": "bf16-params"}
+    assert large["progress"]["consumed_samples"] == 8 + 2 * 16
     lrs = [r["lr"] for r in metrics(tmp_path / "large_7b_zero3", "train")]
     assert lrs[0] == pytest.approx(5e-4) and lrs[2] == pytest.approx(0.0, abs=1e-12)  # warm-up, decay, cool-down

@@ -12,6 +12,7 @@ import torch
 from xlstm_pretrain.config import ConfigError
 from xlstm_pretrain.model import ModelConfig, build_model, count_params
 from xlstm_pretrain.train import setup
+from xlstm_pretrain.train.batch_schedule import BatchSchedule
 from xlstm_pretrain.train.checkpoint import LATEST, Checkpointer
 from xlstm_pretrain.train.config import OptimConfig, check_run
 from xlstm_pretrain.train.evaluate import crossed_milestone, unigram_cross_entropy, validation_slice
@@ -60,6 +61,39 @@ def test_wsd_schedule():
     assert lr(99) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ConfigError, match="wsd .* needs cooldown_steps > 0"):
         OptimConfig(schedule="wsd").validate()
+
+
+# ---- batch-size ramp-up -------------------------------------------------------------------------
+
+
+def test_batch_size_rampup_schedule():
+    seven_b = BatchSchedule(((128, 2000), (256, 2000)), 512)
+    for sched in (seven_b, BatchSchedule(((2, 2), (4, 2)), 8), BatchSchedule(((8, 3),), 4), BatchSchedule((), 16)):
+        consumed = 0
+        for step in range(sched.ramp_steps + 50):  # the closed form is the running sum of the batches
+            assert sched.consumed_samples(step) == consumed, (sched, step)
+            consumed += sched.batch_size(step)
+        assert sched.consumed_samples(10**6) == sched.consumed_samples(sched.ramp_steps) + \
+            (10**6 - sched.ramp_steps) * sched.final
+    # boundaries: the first step of each stage (0-based steps)
+    assert [seven_b.batch_size(s) for s in (0, 1999, 2000, 3999, 4000, 549_999)] == [128, 128, 256, 256, 512, 512]
+    assert [seven_b.consumed_samples(s) for s in (2000, 4000)] == [256_000, 768_000]
+    assert seven_b.consumed_samples(550_000) == 768_000 + 546_000 * 512  # 2.296T tokens at 8192
+    assert (seven_b.ramp_steps, seven_b.max_batch_size, seven_b.ramped) == (4000, 512, True)
+    assert [seven_b.grad_accum(s, 1, 16) for s in (0, 2000, 4000)] == [8, 16, 32]  # 128 GPUs, TP 8: DP 16
+    assert seven_b.describe() == "128 (2000 steps) -> 256 (2000 steps) -> 512"
+    flat = BatchSchedule((), 16)
+    assert (flat.ramped, flat.ramp_steps, flat.describe(), flat.batch_size(0), flat.consumed_samples(5)) == \
+        (False, 0, "16", 16, 80)
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size x dp_size = 1 x 3"):
+        seven_b.grad_accum(0, 1, 3)
+    with pytest.raises(ValueError, match="must be positive"):
+        BatchSchedule(((128, 0),), 512)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        seven_b.consumed_samples(-1)
+    # from the config: the 7B recipe's stages
+    cfg = setup.load_run_config([REPO / "configs/runs/xlstm_large_7b.yaml"])
+    assert BatchSchedule.from_config(cfg.train) == seven_b
 
 
 # ---- weight-decay groups ------------------------------------------------------------------------
@@ -167,10 +201,13 @@ def test_run_configs_follow_the_papers(path):
         tokens = cfg.train.steps * batch * 2048
         assert (14.9e9 < tokens < 15.1e9) if budget == "15b" else (300e9 <= tokens < 320e9)
         assert cfg.model.vocab_size == 50304 and cfg.optim.schedule == "cosine"
+        assert cfg.train.batch_size_rampup == []  # the NeurIPS runs use one batch size throughout
     else:
         assert (cfg.optim.lr, cfg.optim.schedule) == (5e-4, "exponential")
         assert (cfg.data.seq_len, cfg.train.global_batch_size) == (8192, 512)
         assert (cfg.optim.grad_clip, cfg.optim.eps, cfg.train.zero_stage) == (0.5, 1e-8, 3)
+        ramp = [(s.global_batch_size, s.steps) for s in cfg.train.batch_size_rampup]
+        assert ramp == [(128, 2000), (256, 2000)]  # 7B paper: 128 -> 256 -> 512
     # every layout combines with every run
     for layout in LAYOUTS:
         combined = setup.load_run_config([path, layout])
@@ -189,6 +226,20 @@ def test_run_configs_follow_the_papers(path):
     (["optim.warmup_steps=10", "train.steps=5"], 1, "exceed train.steps=5"),
     (["optim.betas=[0.9]"], 1, "betas must be two values"),
     (["data.train=[]"], 1, "data.train is empty"),
+    (["train.batch_size_rampup=[{global_batch_size: 0, steps: 2}]"], 1,
+     r"train: batch_size_rampup\[0\].global_batch_size=0 must be positive"),
+    (["train.batch_size_rampup=[{global_batch_size: 4, steps: 2}, {global_batch_size: 4}]"], 1,
+     r"batch_size_rampup\[1\].steps=0 must be positive"),
+    (["train.batch_size_rampup=[{global_batch_size: 4, steps: 2}, {global_batch_size: 5, steps: 1}]"], 1,
+     r"batch_size_rampup\[1\].global_batch_size=5 is not a multiple of micro_batch_size=2"),
+    (["train.batch_size_rampup=[{global_batch_size: 2, steps: 2}]"], 2,
+     r"train.batch_size_rampup\[0\].global_batch_size=2 must be a multiple of train.micro_batch_size x "
+     r"data-parallel size = 2 x 2"),
+    (["train.batch_size_rampup=[{global_batch_size: 4, steps: 60}, {global_batch_size: 6, steps: 40}]"], 1,
+     "batch_size_rampup stages take 100 steps in all; they must end before steps=100"),
+    (["train.batch_size_rampup=[{global_batch: 4, steps: 2}]"], 1,
+     r"unknown key 'train.batch_size_rampup\[0\].global_batch' \(did you mean "
+     r"'train.batch_size_rampup\[0\].global_batch_size'\?\)"),
 ])
 def test_config_errors_are_clear(overrides, world, match):
     base = ["model.vocab_size=512", "model.embedding_dim=32", "model.num_blocks=2", "train.steps=100",
@@ -317,6 +368,13 @@ def test_resume_refuses_incompatible_checkpoints(tmp_path):
         check(model={**saved["model"], "num_blocks": 4})
     with pytest.raises(ConfigError, match="data order settings"):
         check(data={**saved["data"], "seq_len": 4096})
+    # a batch ramp-up fixes the data position of every step: adding or changing one is refused too
+    from xlstm_pretrain.train.config import BatchRampStage
+
+    cfg.train.batch_size_rampup = [BatchRampStage(global_batch_size=64, steps=10)]
+    with pytest.raises(ConfigError, match=r"data order settings .* != current .*'batch_size_rampup': \[\[64, 10\]\]"):
+        check()
+    assert check(data=ck.data_order())["progress"]["step"] == 5
 
 
 def test_extra_deepspeed_keys_merge_into_the_generated_config():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 
 def run_configs(cases):
-    """Train each (name, config files, overrides) in turn on the same ranks; {name: summary}."""
+    """Train each (name, config files, overrides[, resume]) in turn on the same ranks; {name: summary}.
+    ``resume`` (default "none") is the trainer's --resume: auto, none or a checkpoint directory."""
     from xlstm_pretrain.train import setup, trainer
 
     out = {}
-    for name, paths, overrides in cases:
+    for name, paths, overrides, *resume in cases:
         cfg = setup.load_run_config(paths, overrides)
-        out[name] = trainer.train(cfg, resume="none")
+        out[name] = trainer.train(cfg, resume=resume[0] if resume else "none")
     return out

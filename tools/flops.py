@@ -21,6 +21,7 @@ from pathlib import Path
 from xlstm_pretrain.config import ConfigError, load
 from xlstm_pretrain.flops import TRAINING_FLOPS_FACTOR, device_peak, flop_breakdown, format_report
 from xlstm_pretrain.model import ModelConfig, build_model, count_params
+from xlstm_pretrain.train.batch_schedule import BatchSchedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -34,13 +35,14 @@ class Run:
     recipe: str
 
 
-def _tokens(batch: int, steps: int, ctx: int) -> float:
-    return float(batch * steps * ctx)
+def _tokens(batch: int, steps: int, ctx: int, rampup: tuple[tuple[int, int], ...] = ()) -> float:
+    """Tokens of ``steps`` steps of ``batch`` x ``ctx``, after a ramp-up of (batch, steps) stages."""
+    return float(BatchSchedule(rampup, batch).consumed_samples(steps) * ctx)
 
 
 # NeurIPS paper App. B.3: 300B-token runs (125M-760M: batch 256 x 600k steps; 1.3B: 512 x 300k), ctx 2048;
-# the 2.7B was trained only in the 15B-token setting. 7B paper: 512 x 550k steps x ctx 8192 (2.3T tokens;
-# the batch ramp-up over the first 4k steps is ignored, < 0.3 % of the tokens).
+# the 2.7B was trained only in the 15B-token setting. 7B paper: 550k steps x ctx 8192 of batch 512 after the
+# ramp-up 128 (2000 steps) -> 256 (2000 steps) (2.296T tokens; configs/recipes/large_7b.yaml).
 PAPER_RUNS = [
     *(Run(f"xLSTM[{kind}] {size}", f"xlstm_{kind.replace(':', '_')}_{size.lower().replace('.', '_')}.yaml",
           _tokens(256, 600_000, 2048), 2048, "256 x 600k x 2048")
@@ -48,7 +50,8 @@ PAPER_RUNS = [
     *(Run(f"xLSTM[{kind}] 1.3B", f"xlstm_{kind.replace(':', '_')}_1_3b.yaml", _tokens(512, 300_000, 2048), 2048,
           "512 x 300k x 2048") for kind in ("1:0", "7:1")),
     Run("xLSTM[1:0] 2.7B", "xlstm_1_0_2_7b.yaml", 15e9, 2048, "15B tokens"),
-    Run("xLSTM 7B", "xlstm_large_7b.yaml", _tokens(512, 550_000, 8192), 8192, "512 x 550k x 8192"),
+    Run("xLSTM 7B", "xlstm_large_7b.yaml", _tokens(512, 550_000, 8192, ((128, 2000), (256, 2000))), 8192,
+        "128->256->512 x 550k x 8192"),
 ]
 
 

@@ -76,6 +76,7 @@ def predict_runs(fit: dict, run_configs: list[str | Path]) -> list[dict]:
     """The parametric fit's loss for planned runs (e.g. configs/runs/*_300b.yaml): N, D and C from each
     config exactly as the trainer will count them, and the compute-optimal N at the same C."""
     from xlstm_pretrain.flops import TRAINING_FLOPS_FACTOR, forward_flops_per_token
+    from xlstm_pretrain.train.batch_schedule import BatchSchedule
     from xlstm_pretrain.train.setup import load_run_config
 
     from .shapes import param_counts
@@ -85,7 +86,7 @@ def predict_runs(fit: dict, run_configs: list[str | Path]) -> list[dict]:
     for path in run_configs:
         cfg = load_run_config([path])
         n = param_counts(cfg.model)[1 if fit["params_column"] == "params_non_embedding" else 0]
-        d = cfg.train.steps * cfg.train.global_batch_size * cfg.data.seq_len
+        d = BatchSchedule.from_config(cfg.train).consumed_samples(cfg.train.steps) * cfg.data.seq_len  # ramp-up too
         c = TRAINING_FLOPS_FACTOR * forward_flops_per_token(cfg.model, cfg.data.seq_len) * d
         row = {"config": str(path), "params": n, "tokens": d, "flops": c}
         if param is not None:

@@ -101,6 +101,11 @@ def expand(spec: SweepSpec, base: Config | None = None) -> tuple[list[SweepPoint
     base = base or load_base(spec)
     sizer = _Sizer(spec, base)
     batch, seq = base.train.global_batch_size, base.data.seq_len
+    if base.train.batch_size_rampup:  # a point's tokens and FLOPs are steps x batch x seq_len
+        from xlstm_pretrain.config_loader import ConfigError
+
+        raise ConfigError("the sweep base sets train.batch_size_rampup: sweep points use one global batch size "
+                          "(add train.batch_size_rampup=[] to base.overrides)")
     out_dir = Path(spec.output_dir)
     points, dropped = [], []
 

@@ -4,6 +4,7 @@
     config.py      TrainConfig, OptimConfig, CheckpointConfig, LoggingConfig, EvalConfig; cross-section checks
     setup.py       process group and device, config loading, data and tokenizer checks, the DeepSpeed engine
     optim.py       AdamW weight-decay groups and learning-rate schedules
+    batch_schedule.py  the global batch per step (train.batch_size_rampup), tokens consumed before a step
     checkpoint.py  atomic checkpoints (DeepSpeed state + data position + RNG + config), resume, consolidation
     metrics.py     FLOPs/MFU, stdout lines, metrics.jsonl, wandb, gate telemetry, plots
     evaluate.py    validation loss/perplexity, FLOP milestones, the unigram baseline

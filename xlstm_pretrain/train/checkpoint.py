@@ -10,11 +10,15 @@
         config.yaml               the resolved run config
         consolidated/             config.yaml + model.safetensors (full fp32/bf16 state dict, any TP degree)
                                   + tokenizer.json: a plain checkpoint (evaluate, export, train.init_from)
+        universal/                full fp32 master weights + AdamW moments per parameter: resume on another
+                                  layout (TP / CP / DP, ZeRO stage, precision); see universal.py
 
 Writing: every rank writes into ``.tmp-step_N``; after a barrier rank 0 fsyncs, renames it to
 ``step_N``, then replaces ``latest``, then deletes checkpoints beyond ``keep_last``. A crash at any
 point leaves ``latest`` naming a complete checkpoint. The learning-rate schedule is a function of the
-step, so restoring the step restores it. Every ``torch.load`` uses ``weights_only=True``; DeepSpeed's
+step, so restoring the step restores it. Resuming on the saving layout loads DeepSpeed's files (bit-exact);
+on another layout, ``universal/`` (exact up to the new layout's reduction order; RNG states of ranks that
+did not exist are left as seeded). Every ``torch.load`` uses ``weights_only=True``; DeepSpeed's
 loads go through ``SafeTorchCheckpointEngine`` (three DeepSpeed classes allow-listed).
 """
 
@@ -34,6 +38,8 @@ import torch
 import torch.distributed as dist
 
 from xlstm_pretrain.config import ConfigError, dump_yaml, to_dict
+
+from .universal import UNIVERSAL, has_universal, load_universal, save_universal
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -195,11 +201,20 @@ class Checkpointer:
         self.cfg, self.engine, self.model, self.rt, self.state = cfg, engine, model, runtime, state
         self.tokenizer_sha256 = tokenizer_sha256
         self.root = Path(cfg.train.run_dir) / CHECKPOINTS
+        self.resharded_from: dict | None = None  # the saving layout, after a resume on another one
 
     def layout(self) -> dict:
         t = self.cfg.train
         return {"world_size": self.rt.world_size, "tensor_parallel": self.state.tp, "context_parallel": self.state.cp,
                 "data_parallel": self.state.dp, "zero_stage": t.zero_stage, "precision": t.precision}
+
+    def data_order(self) -> dict:
+        """The settings that fix which samples each step trains on (a resume must not change them)."""
+        c = self.cfg
+        order = {"seq_len": c.data.seq_len, "seed": c.data.seed, "global_batch_size": c.train.global_batch_size}
+        if c.train.batch_size_rampup:  # (absent without one: older checkpoints stay resumable)
+            order["batch_size_rampup"] = [[s.global_batch_size, s.steps] for s in c.train.batch_size_rampup]
+        return order
 
     def save(self, progress: Progress, schedule_state: dict) -> Path:
         tag = step_tag(progress.step)
@@ -212,6 +227,8 @@ class Checkpointer:
         self.engine.save_checkpoint(str(self.root), tag=tmp.name, client_state={}, save_latest=False)
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rng" / f"rank_{self.rt.rank:05d}.pt")
+        if self.cfg.checkpoint.universal:
+            save_universal(self.engine, self.model, tmp / UNIVERSAL, self.rt.rank, self.rt.world_size)
         if self.cfg.checkpoint.consolidated:
             dtype = torch.bfloat16 if self.cfg.checkpoint.consolidated_dtype == "bf16" else torch.float32
             full = consolidated_state_dict(self.model, dtype)
@@ -222,8 +239,7 @@ class Checkpointer:
         if self.rt.is_main:
             state = {"progress": asdict(progress), "schedule": schedule_state, "layout": self.layout(),
                      "tokenizer_sha256": self.tokenizer_sha256, "model": to_dict(self.cfg.model),
-                     "data": {"seq_len": self.cfg.data.seq_len, "seed": self.cfg.data.seed,
-                              "global_batch_size": self.cfg.train.global_batch_size}}
+                     "data": self.data_order()}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
             dump_yaml(self.cfg, tmp / "config.yaml")
         dist.barrier()  # every rank's files are written
@@ -283,17 +299,18 @@ class Checkpointer:
     def check_compatible(self, path: Path) -> dict:
         saved = json.loads((path / STATE_FILE).read_text())
         problems = []
-        if saved["layout"] != self.layout():
-            problems.append(f"layout {saved['layout']} != current {self.layout()} (restart a new run from "
-                            f"{path / 'consolidated'} with train.init_from to change the layout)")
+        if saved["layout"] != self.layout() and not has_universal(path):
+            problems.append(f"layout {saved['layout']} != current {self.layout()}, and the checkpoint has no "
+                            f"{UNIVERSAL}/ part (written with checkpoint.universal=true) to change layouts with; "
+                            f"resume on the saving layout, or start a new run from {path / 'consolidated'} "
+                            f"with train.init_from (weights only)")
         if saved["tokenizer_sha256"] and self.tokenizer_sha256 and saved["tokenizer_sha256"] != self.tokenizer_sha256:
             problems.append(f"tokenizer sha256 {saved['tokenizer_sha256'][:12]}... != current "
                             f"{self.tokenizer_sha256[:12]}...")
         if saved["model"] != to_dict(self.cfg.model):
             diff = sorted(k for k, v in to_dict(self.cfg.model).items() if saved["model"].get(k) != v)
             problems.append(f"model config differs in {diff}")
-        data_now = {"seq_len": self.cfg.data.seq_len, "seed": self.cfg.data.seed,
-                    "global_batch_size": self.cfg.train.global_batch_size}
+        data_now = self.data_order()
         if saved["data"] != data_now:
             problems.append(f"data order settings {saved['data']} != current {data_now}")
         if problems:
@@ -302,6 +319,13 @@ class Checkpointer:
 
     def load(self, path: Path) -> Progress:
         saved = self.check_compatible(path)
+        if saved["layout"] != self.layout():
+            load_universal(self.engine, self.model, path / UNIVERSAL)
+            self.resharded_from = saved["layout"]
+            rng_file = path / "rng" / f"rank_{self.rt.rank:05d}.pt"
+            if rng_file.is_file():
+                set_rng_state(torch.load(rng_file, weights_only=True))
+            return Progress(**saved["progress"])
         load_path, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
                                                    load_lr_scheduler_states=False, load_module_strict=True)
         if load_path is None:

@@ -1,7 +1,7 @@
 """Config sections of a training run (root ``Config`` fields ``train``, ``optim``, ``checkpoint``, ``logging``,
 ``eval``), and the cross-section checks that need the world size.
 
-    train:      {run_dir, steps, global_batch_size, micro_batch_size, zero_stage, precision, ...}
+    train:      {run_dir, steps, global_batch_size, batch_size_rampup, micro_batch_size, zero_stage, ...}
     optim:      {lr, betas, eps, weight_decay, grad_clip, schedule, warmup_steps, decay_steps, ...}
     checkpoint: {interval, keep_last, consolidated, consolidated_dtype}
     logging:    {interval, wandb, wandb_project, wandb_run_name, gate_telemetry}
@@ -37,10 +37,23 @@ class FaultConfig:
 
 
 @dataclass
+class BatchRampStage:
+    """One stage of ``train.batch_size_rampup``: ``steps`` optimizer steps of ``global_batch_size`` sequences."""
+
+    global_batch_size: int = 0
+    steps: int = 0
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"  # checkpoints/, metrics.jsonl, config.yaml, deepspeed_config.json, wandb/
     steps: int = 1000  # optimizer steps of the whole run
     global_batch_size: int = 256  # sequences per optimizer step (all data-parallel ranks, all micro-batches)
+    # Megatron-style batch ramp-up: these stages in order from step 0, then global_batch_size for the rest
+    # (e.g. [{global_batch_size: 128, steps: 2000}, {global_batch_size: 256, steps: 2000}]; [] = none).
+    # The data order is the same global sample order (each step takes the next B(step) samples); tokens,
+    # FLOPs and the data position count each step's own batch; the LR schedule stays in steps.
+    batch_size_rampup: list[BatchRampStage] = field(default_factory=list)
     micro_batch_size: int = 1  # sequences per rank per forward/backward; accumulation = global / (micro x DP)
     zero_stage: int = 1  # DeepSpeed ZeRO stage: 1 optimizer states, 2 + gradients, 3 + parameters
     # fp32: everything fp32. bf16: torch.autocast(bf16) compute, fp32 parameters = master weights, fp32
@@ -64,6 +77,16 @@ class TrainConfig:
                                             "(DeepSpeed ZeRO is the one engine)")
         _need(self.global_batch_size % self.micro_batch_size == 0,
               f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}")
+        for j, stage in enumerate(self.batch_size_rampup):
+            for name in ("global_batch_size", "steps"):
+                value = getattr(stage, name)
+                _need(value > 0, f"batch_size_rampup[{j}].{name}={value} must be positive")
+            _need(stage.global_batch_size % self.micro_batch_size == 0,
+                  f"batch_size_rampup[{j}].global_batch_size={stage.global_batch_size} is not a multiple of "
+                  f"micro_batch_size={self.micro_batch_size}")
+        ramp_steps = sum(stage.steps for stage in self.batch_size_rampup)
+        _need(ramp_steps < self.steps, f"batch_size_rampup stages take {ramp_steps} steps in all; they must end "
+                                       f"before steps={self.steps}")
         managed = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
                    "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler"}
         clash = sorted(managed & set(self.deepspeed))
@@ -124,6 +147,9 @@ class CheckpointConfig:
     # state dict) + tokenizer.json: a plain checkpoint for evaluation, export and train.init_from
     consolidated: bool = True
     consolidated_dtype: Literal["fp32", "bf16"] = "fp32"
+    # universal/ inside each checkpoint: full fp32 master weights and AdamW moments per parameter, so that
+    # a run resumes on another layout (TP / CP / DP size, ZeRO stage, precision); about 3x the model in fp32
+    universal: bool = True
 
     def validate(self) -> None:
         _need(self.interval >= 0, f"interval must be >= 0, got {self.interval}")
@@ -175,6 +201,10 @@ def check_run(cfg, world_size: int) -> int:
     if t.global_batch_size % per_step:
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} must be a multiple of "
                           f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+    for j, stage in enumerate(t.batch_size_rampup):
+        if stage.global_batch_size % per_step:
+            raise ConfigError(f"train.batch_size_rampup[{j}].global_batch_size={stage.global_batch_size} must be a "
+                              f"multiple of train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
     if not cfg.data.train:
         raise ConfigError("data.train is empty: list at least one {path, weight} (a data_prep output folder)")
     if cfg.optim.warmup_steps + cfg.optim.cooldown_steps > t.steps:

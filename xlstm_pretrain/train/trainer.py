@@ -6,7 +6,8 @@
 1. config, processes, data and tokenizer checks (every problem fails here, before anything is written)
 2. the model (seeded, TP-sharded), AdamW with the weight-decay groups, the DeepSpeed ZeRO engine
 3. resume from the latest complete checkpoint (--resume auto), or start fresh
-4. per step: lr from the schedule; micro-batches forward/backward (DeepSpeed accumulates, reduces, clips
+4. per step: lr from the schedule; the step's global batch (train.batch_size_rampup, then
+   train.global_batch_size); micro-batches forward/backward (DeepSpeed accumulates, reduces, clips
    and steps at the boundary); a non-finite loss or gradient norm makes DeepSpeed skip the update;
    log, evaluate at FLOP milestones and intervals, checkpoint
 Exit codes: 0 done, 2 config/data error (before training), 3 stopped after too many non-finite steps.
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from xlstm_pretrain.config import ConfigError, dump_yaml
 
 from . import setup
+from .batch_schedule import BatchSchedule
 from .checkpoint import Checkpointer, Progress, maybe_kill
 from .config import check_run
 from .evaluate import crossed_milestone, evaluate, validation_slice
@@ -59,7 +61,8 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
 
     # ---- 1. checks before anything is built or written -------------------------------------------
     rt = setup.init_distributed(cfg.train.device, local_rank)
-    grad_accum = check_run(cfg, rt.world_size)
+    grad_accum = check_run(cfg, rt.world_size)  # of train.global_batch_size (the engine is built with it)
+    batch_schedule = BatchSchedule.from_config(cfg.train)
     data = setup.build_data(cfg)
     state = init_parallel_state(cfg.parallel, rt.device.type)
     t, run_dir = cfg.train, Path(cfg.train.run_dir)
@@ -78,8 +81,9 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
     autocast = setup.autocast(cfg, rt.device)
     schedule = LRSchedule(cfg.optim, t.steps)
     seq = cfg.data.seq_len
-    tokens_per_step = t.global_batch_size * seq
-    flops_per_step = training_flops_per_token(cfg.model, seq) * tokens_per_step
+    flops_per_token = training_flops_per_token(cfg.model, seq)
+    tokens_per_step = t.global_batch_size * seq  # after the ramp-up; each step counts its own batch below
+    flops_per_step = flops_per_token * tokens_per_step
 
     # ---- 3. resume or start ----------------------------------------------------------------------
     if resume_from is not None:
@@ -99,11 +103,19 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
         f"DP {state.dp} x CP {state.cp} x TP {state.tp}, ZeRO-{t.zero_stage}, {t.precision} | batch "
         f"{t.global_batch_size} x {seq} tokens = {grad_accum} micro-steps x {t.micro_batch_size} x DP {state.dp} | "
         f"{flops_per_step:.3e} FLOPs/step | device {rt.device_name or rt.device.type}")
+    if batch_schedule.ramped:
+        logger.print(f"batch ramp-up: {batch_schedule.describe()} sequences per step; "
+                     f"{batch_schedule.consumed_samples(t.steps) * seq:,} tokens in {t.steps} steps")
     logger.print(f"resumed from {resume_from} at step {progress.step}" if resume_from
                  else f"starting at step 0 (run dir {run_dir})")
+    if checkpointer.resharded_from:
+        logger.print(f"layout changed on resume: saved as {checkpointer.resharded_from}, now "
+                     f"{checkpointer.layout()} (weights and optimizer state from its universal/ part)")
 
-    sampler = GlobalBatchSampler(t.global_batch_size, t.micro_batch_size, state.dp_rank, state.dp,
-                                 consumed_samples=progress.consumed_samples, num_steps=t.steps - progress.step)
+    sampler = GlobalBatchSampler(batch_schedule.batch_size if batch_schedule.ramped else t.global_batch_size,
+                                 t.micro_batch_size, state.dp_rank, state.dp,
+                                 consumed_samples=progress.consumed_samples, num_steps=t.steps - progress.step,
+                                 first_step=progress.step)
     batches = iter(build_dataloader(data.train, sampler, cfg.data.num_workers,
                                     pin_memory=cfg.data.pin_memory and rt.device.type == "cuda"))
     telemetry = GateTelemetry(model) if cfg.logging.gate_telemetry else None
@@ -118,11 +130,21 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
         log_step = step % cfg.logging.interval == 0 or step == t.steps or step == first_step + 1
         lr = schedule(step - 1)
         set_lr(optimizer, lr)
+        batch_size = batch_schedule.batch_size(step - 1)
+        micro_steps = batch_schedule.grad_accum(step - 1, t.micro_batch_size, state.dp)
+        if batch_size != engine.train_batch_size():  # ramp-up: DeepSpeed's accumulation = batch / (micro x DP)
+            engine.set_train_batch_size(batch_size)
+        tokens_this_step = batch_size * seq
+        flops_this_step = flops_per_token * tokens_this_step
         if telemetry is not None and log_step:
             telemetry.start()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=rt.device)
-        for _ in range(grad_accum):
+        for micro_step in range(micro_steps):
+            if batch_schedule.ramped:
+                # DeepSpeed places the boundary by its running micro-step count modulo the accumulation
+                # steps, which a change of accumulation (or a resume) misaligns: name it explicitly
+                engine.set_gradient_accumulation_boundary(micro_step == micro_steps - 1)
             loss = micro_batch_loss(engine, next(batches), rt.device, autocast, state)
             if step in t.fault.nonfinite_at_steps:
                 loss = loss * float("nan")
@@ -134,7 +156,7 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
         applied = engine.was_step_applied()
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-        step_loss = loss_sum / grad_accum
+        step_loss = loss_sum / micro_steps
         if state.dp * state.cp > 1:  # CP ranks hold parts of one loss (sum), DP ranks replicas (mean)
             dist.all_reduce(step_loss, group=state.dp_cp_group)
             step_loss /= state.dp
@@ -143,11 +165,11 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
         gates = telemetry.collect() if telemetry is not None and log_step else None
 
         progress.step = step
-        progress.consumed_samples += t.global_batch_size
-        progress.tokens += tokens_per_step
+        progress.consumed_samples += batch_size
+        progress.tokens += tokens_this_step
         flops_before = progress.flops
-        progress.flops += flops_per_step
-        window.add(step_loss, tokens_per_step, seconds)
+        progress.flops += flops_this_step
+        window.add(step_loss, tokens_this_step, seconds)
 
         if not applied:
             progress.skipped_steps += 1
@@ -168,7 +190,7 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
                    "loss": step_loss, "loss_avg": window.mean_loss(), "lr": engine.get_lr()[0], "grad_norm": grad_norm,
                    "tokens_per_s": window.tokens / max(window.seconds, 1e-9), "step_time_s": seconds,
                    "mem_gib": memory_gib(rt.device), "skipped_steps": progress.skipped_steps}
-            mfu = device_mfu(flops_per_step / seconds / rt.world_size, rt.device_name)
+            mfu = device_mfu(flops_this_step / seconds / rt.world_size, rt.device_name)
             if mfu is not None:
                 row["mfu"] = mfu
             if gates:
