@@ -8,6 +8,8 @@ Every backend has the signatures of the pure-PyTorch references in ``mlstm/naive
 
 from __future__ import annotations
 
+import importlib.util
+
 from .mlstm import MLSTMState, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_step, zero_state
 from .slstm import SLSTMState, slstm_recurrent, slstm_step, slstm_zero_state
 
@@ -46,11 +48,38 @@ def _slstm_triton(wx, R, b, *, initial_state=None, reset=None, return_final_stat
                                 return_final_state=return_final_state)
 
 
+def _mlstm_fla(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
+               chunk_size=64, form="chunkwise"):
+    # flash-linear-attention is imported lazily (importing it takes seconds and pulls in transformers).
+    from .selfcheck import mlstm_fla_backend
+
+    return mlstm_fla_backend(q, k, v, i, f, initial_state=initial_state, reset=reset,
+                             return_final_state=return_final_state, eps=eps, chunk_size=chunk_size, form=form)
+
+
 # "triton": Triton kernels (kernels/mlstm/chunkwise_triton.py, kernels/slstm/recurrent_triton.py), checked
 # against "torch" on first use per (device, dtype) with a torch fallback (kernels/selfcheck.py,
 # env XLSTM_KERNEL_SELFCHECK=warn|raise|off). The triton mLSTM computes the chunkwise form only.
 MLSTM_BACKENDS = {"torch": _mlstm_torch, "triton": _mlstm_triton}
 SLSTM_BACKENDS = {"torch": _slstm_torch, "triton": _slstm_triton}
+
+# "fla": the mLSTM on flash-linear-attention's chunk_simple_gla (kernels/mlstm/fla.py), self-checked like
+# "triton" (kernel name "mlstm_fla"). FLA has no sLSTM, so sLSTM blocks of a model configured with
+# backend="fla" use our Triton sLSTM kernel. Registered only when the packages are installed (found, not
+# imported: the import happens on first use); otherwise MISSING_BACKENDS says what to install.
+MISSING_BACKENDS: dict[str, str] = {}
+if importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None:
+    MLSTM_BACKENDS["fla"] = _mlstm_fla
+    SLSTM_BACKENDS["fla"] = _slstm_triton
+else:
+    MISSING_BACKENDS["fla"] = ("backend 'fla' needs flash-linear-attention >= 0.6 and triton: pip install "
+                               "flash-linear-attention (or: pip install 'xlstm-pretrain[fla]')")
+
+
+def _unknown_backend(kind: str, backend: str, available) -> ValueError:
+    if backend in MISSING_BACKENDS:
+        return ValueError(f"{kind} backend {backend!r} is not available: {MISSING_BACKENDS[backend]}")
+    return ValueError(f"unknown {kind} backend {backend!r}; available: {sorted(available)}")
 
 
 def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
@@ -59,19 +88,19 @@ def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
     kwargs: initial_state, reset, return_final_state, eps, chunk_size, form (torch backend).
     """
     if backend not in MLSTM_BACKENDS:
-        raise ValueError(f"unknown mLSTM backend {backend!r}; available: {sorted(MLSTM_BACKENDS)}")
+        raise _unknown_backend("mLSTM", backend, MLSTM_BACKENDS)
     return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
 
 
 def slstm(wx, R, b, *, backend="torch", **kwargs):
     """sLSTM over a sequence: wx (B,S,4,NH,DH) input pre-activations, R (4,NH,DH,DH), b (4,NH,DH)."""
     if backend not in SLSTM_BACKENDS:
-        raise ValueError(f"unknown sLSTM backend {backend!r}; available: {sorted(SLSTM_BACKENDS)}")
+        raise _unknown_backend("sLSTM", backend, SLSTM_BACKENDS)
     return SLSTM_BACKENDS[backend](wx, R, b, **kwargs)
 
 
 __all__ = [
-    "MLSTMState", "SLSTMState", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm", "mlstm_chunkwise",
-    "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "slstm_recurrent", "slstm_step", "slstm_zero_state",
-    "zero_state",
+    "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
+    "mlstm_chunkwise", "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "slstm_recurrent", "slstm_step",
+    "slstm_zero_state", "zero_state",
 ]

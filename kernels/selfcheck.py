@@ -1,4 +1,5 @@
-"""Runtime self-check and dispatch for the Triton backends (``backend="triton"``).
+"""Runtime self-check and dispatch for the Triton backends (``backend="triton"``, and ``backend="fla"``,
+whose mLSTM runs on flash-linear-attention's Triton kernels: kernel name ``mlstm_fla``).
 
 On first use per (kernel, device, dtype), the Triton kernel is compared with the torch reference on a
 tiny problem that exercises everything it must get right (ragged length, document reset, initial and
@@ -107,8 +108,8 @@ def _tol(dtype: torch.dtype) -> float:
     return 1e-3 if dtype == torch.float32 else 5e-2
 
 
-def _compare(names, got, want, dtype) -> str | None:
-    tol = _tol(dtype)
+def _compare(names, got, want, dtype, tol=None) -> str | None:
+    tol = _tol(dtype) if tol is None else tol
     for name, a, b in zip(names, got, want):
         if a is None or b is None:
             if (a is None) != (b is None):
@@ -129,9 +130,14 @@ def _randn(gen, *shape):
     return torch.randn(*shape, generator=gen)
 
 
-def mlstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None) -> str | None:
+    """``kernel``: the mLSTM function to check (default: our Triton chunkwise kernel)."""
     from .mlstm import chunkwise as torch_chunkwise
-    from .mlstm import chunkwise_triton
+
+    if kernel is None:
+        from .mlstm import chunkwise_triton
+
+        kernel = chunkwise_triton.mlstm_chunkwise_triton
 
     gen = torch.Generator().manual_seed(1234)  # never touches the global RNG
     B, NH, S, DK, DV = 1, 2, 21, 16, 16
@@ -152,10 +158,10 @@ def mlstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
         return outs + list(torch.autograd.grad(loss, xs))
 
     with _grad_context(device):
-        got = run(chunkwise_triton.mlstm_chunkwise_triton)
+        got = run(kernel)
         want = run(torch_chunkwise.mlstm_chunkwise)
     names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
-    return _compare(names, got, want, dtype)
+    return _compare(names, got, want, dtype, tol)
 
 
 def slstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -205,6 +211,37 @@ def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, retur
         from .mlstm import chunkwise_triton
 
         return chunkwise_triton.mlstm_chunkwise_triton(q, k, v, i, f, **kwargs)
+    from .mlstm.chunkwise import mlstm_chunkwise
+
+    return mlstm_chunkwise(q, k, v, i, f, **kwargs)
+
+
+def _mlstm_fla_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    from .mlstm.fla import mlstm_fla
+
+    # fp32 goes through FLA's tl.dot at Triton's default precision (TF32 on a GPU): a looser fp32 bound.
+    # The check is there to catch a wrong kernel (an incompatible FLA version, the interpreter's bf16
+    # tl.dot), whose errors are O(1).
+    return mlstm_probe(device, dtype, kernel=mlstm_fla, tol=1e-2 if dtype == torch.float32 else None)
+
+
+def mlstm_fla_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
+                      chunk_size=64, form="chunkwise"):
+    """mLSTM on flash-linear-attention's chunk_simple_gla (kernels/mlstm/fla.py), self-checked like the
+    Triton backend (torch reference for fp64 and single tokens, or when the self-check fails)."""
+    if form != "chunkwise":
+        raise ValueError(f"the fla mLSTM backend computes the chunkwise form only, got form={form!r}")
+    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
+                  chunk_size=chunk_size)
+    if q.dtype in _TRITON_DTYPES and q.shape[2] > 1 and passes("mlstm_fla", q.device, q.dtype, _mlstm_fla_probe):
+        from .mlstm.fla import mlstm_fla
+
+        return mlstm_fla(q, k, v, i, f, **kwargs)
+    if q.shape[2] == 1:
+        from .mlstm.naive import mlstm_recurrent
+
+        kwargs.pop("chunk_size")
+        return mlstm_recurrent(q, k, v, i, f, **kwargs)
     from .mlstm.chunkwise import mlstm_chunkwise
 
     return mlstm_chunkwise(q, k, v, i, f, **kwargs)

@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import functools  # noqa: E402
 import inspect  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -21,9 +22,11 @@ import torch  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
+import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
+from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err  # noqa: E402
 from xlstm_kernels import selfcheck  # noqa: E402
-from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise, mlstm_parallel  # noqa: E402
+from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise  # noqa: E402
 from xlstm_kernels.slstm import recurrent_triton, slstm_recurrent  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
@@ -38,7 +41,7 @@ else:
     pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[1]
-F64 = torch.float64
+mlstm_run = functools.partial(kernel_checks.mlstm_run, device=DEVICE)
 
 
 @pytest.fixture(autouse=True)
@@ -50,52 +53,9 @@ def _fresh_selfcheck():
     selfcheck.set_mode(None)
 
 
-def rel_err(a, b):
-    """max |a - b| / max |b| (b is the fp64 reference)."""
-    a, b = a.detach().to(F64).cpu(), b.detach().to(F64).cpu()
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
 # ---------------------------------------------------------------------------------------------------
 # mLSTM
 # ---------------------------------------------------------------------------------------------------
-def mlstm_problem(B, NH, S, DK, DV, *, ioff=0.0, foff=3.0, moff=0.0, reset_p=0.1, state=True, seed=1,
-                  reset_at=()):
-    g = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(B, NH, S, DK, generator=g), torch.randn(B, NH, S, DK, generator=g),
-          torch.randn(B, NH, S, DV, generator=g), torch.randn(B, NH, S, generator=g) + ioff,
-          torch.randn(B, NH, S, generator=g) + foff]
-    if state:
-        xs += [torch.randn(B, NH, DK, DV, generator=g), torch.randn(B, NH, DK, generator=g),
-               torch.randn(B, NH, 1, generator=g) + moff]
-    reset = None
-    if reset_p > 0:
-        reset = torch.rand(B, S, generator=g) < reset_p
-        reset[0, min(S - 1, 16)] = True  # a reset at a chunk boundary (chunk 16)
-        reset[-1, min(S - 1, 5)] = True  # and one inside a chunk
-    if reset_at:
-        reset = torch.zeros(B, S, dtype=torch.bool)
-        reset[:, list(reset_at)] = True
-    weights = [torch.randn(B, NH, S, DV, generator=g, dtype=F64), torch.randn(B, NH, DK, DV, generator=g, dtype=F64),
-               torch.randn(B, NH, DK, generator=g, dtype=F64), torch.randn(B, NH, 1, generator=g, dtype=F64)]
-    return xs, reset, weights
-
-
-def mlstm_run(fn, xs, reset, weights, *, dtype, final, eps=1e-6, chunk_size=16):
-    """Forward + backward of sum(h*w) (+ final state terms). Returns outputs and input gradients."""
-    xs = [x.to(DEVICE, dtype if (j < 3 or dtype == F64) else torch.float32).requires_grad_() for j, x in enumerate(xs)]
-    state = tuple(xs[5:]) if len(xs) > 5 else None
-    rs = None if reset is None else reset.to(DEVICE)
-    out = fn(*xs[:5], initial_state=state, reset=rs, return_final_state=final, eps=eps, chunk_size=chunk_size)
-    outs = [out[0], *out[1]] if final else [out]
-    loss = sum((o.to(F64) * w.to(DEVICE)).sum() for o, w in zip(outs, weights))
-    return outs, list(torch.autograd.grad(loss, xs))
-
-
-def parallel_ref(*args, chunk_size=None, **kwargs):
-    return mlstm_parallel(*args, **kwargs)
-
-
 MLSTM_CASES = {
     # name: (B, NH, S, DK, DV, problem kwargs, run kwargs)
     "ragged_reset_state": (2, 2, 37, 8, 24, {}, {}),

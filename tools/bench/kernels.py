@@ -4,7 +4,9 @@
    final state) and sLSTM against the fp64 torch reference on the GPU: relative max error of the outputs
    and of every gradient (inputs, gates, initial state);
 2. speed: forward+backward time and TFLOP/s of the chunkwise mLSTM at B=8, NH=8, S in {2048, 8192,
-   32768}, DHQK=256, DHV=512, bf16, next to the peers that are importable:
+   32768}, DHQK=256, DHV=512, bf16, next to our mLSTM on flash-linear-attention's kernel ("ours (fla)",
+   backend="fla", kernels/mlstm/fla.py, when fla is installed; its correctness is checked in 1. too) and
+   the peers that are importable:
      - mlstm_kernels ``chunkwise--triton_xl_chunk`` (NXAI TFLA; only run as a reference, never imported
        by our package),
      - flash-linear-attention ``chunk_simple_gla`` (scalar-gated linear attention: same state size, no
@@ -130,11 +132,21 @@ def print_table(title, header, rows):
 # ---------------------------------------------------------------------------------------------------
 # correctness
 # ---------------------------------------------------------------------------------------------------
-def mlstm_correctness(device, dtype, B, NH, S, DK, DV, chunk_size):
+def fla_available():
+    import importlib.util
+
+    return importlib.util.find_spec("fla") is not None
+
+
+def mlstm_correctness(device, dtype, B, NH, S, DK, DV, chunk_size, kernel="triton"):
     import torch
 
     from xlstm_kernels.mlstm import mlstm_chunkwise
-    from xlstm_kernels.mlstm.chunkwise_triton import mlstm_chunkwise_triton
+
+    if kernel == "fla":
+        from xlstm_kernels.mlstm.fla import mlstm_fla as mlstm_kernel
+    else:
+        from xlstm_kernels.mlstm.chunkwise_triton import mlstm_chunkwise_triton as mlstm_kernel
 
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(B, NH, S, DK, generator=g), torch.randn(B, NH, S, DK, generator=g),
@@ -156,7 +168,7 @@ def mlstm_correctness(device, dtype, B, NH, S, DK, DV, chunk_size):
         return outs + list(torch.autograd.grad(loss, a))
 
     ref = run(mlstm_chunkwise, torch.float64)
-    got = run(mlstm_chunkwise_triton, dtype)
+    got = run(mlstm_kernel, dtype)
     names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
     return {n: rel_err(a, b) for n, a, b in zip(names, got, ref)}
 
@@ -208,6 +220,12 @@ def mlstm_contenders(args, device, dtype):
 
     out = {"ours (triton)": lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise_triton(q, k, v, i, f,
                                                                                         chunk_size=args.chunk_size))}
+    if fla_available():  # our mLSTM (normaliser, stabiliser, states) on FLA's chunk_simple_gla kernels
+        from xlstm_kernels.mlstm.fla import mlstm_fla
+
+        out["ours (fla)"] = lambda q, k, v, i, f: fwbw(lambda: mlstm_fla(q, k, v, i, f, chunk_size=args.chunk_size))
+    else:
+        print("[skipped] ours (fla): flash-linear-attention is not installed")
     if args.skip_peers or device.type != "cuda":
         out["torch chunkwise ref"] = lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise(q, k, v, i, f,
                                                                                       chunk_size=args.chunk_size))
@@ -462,23 +480,30 @@ def main(argv=None):
     if not args.skip_correctness:
         rows = []
         tols = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+        fla_tols = {torch.float32: 1e-2, torch.bfloat16: 5e-2, torch.float16: 1e-2}  # FLA: TF32 dots, bf16 outputs
         if args.cpu_smoke:
             cases = [("mLSTM", torch.float32, dict(B=1, NH=2, S=37, DK=16, DV=32, chunk_size=16)),
                      ("mLSTM", torch.bfloat16, dict(B=1, NH=2, S=37, DK=16, DV=32, chunk_size=16)),
                      ("sLSTM", torch.float32, dict(B=2, S=12, NH=2, DH=16))]
+            if fla_available():  # fp32 only: the interpreter mis-computes bf16 tl.dot in FLA's kernels
+                cases.insert(2, ("mLSTM-fla", torch.float32,
+                                 dict(B=2, NH=2, S=37, DK=16, DV=32, chunk_size=16, kernel="fla")))
         else:
             cases = [("mLSTM", torch.float32, dict(B=2, NH=2, S=1000, DK=args.dhqk, DV=args.dhv, chunk_size=args.chunk_size)),
                      ("mLSTM", dtype, dict(B=2, NH=2, S=1000, DK=args.dhqk, DV=args.dhv, chunk_size=args.chunk_size)),
+                     *([("mLSTM-fla", dt, dict(B=2, NH=2, S=1000, DK=args.dhqk, DV=args.dhv,
+                                               chunk_size=args.chunk_size, kernel="fla"))
+                        for dt in (torch.float32, dtype)] if fla_available() else []),
                      ("sLSTM", torch.float32, dict(B=4, S=200, NH=2, DH=args.slstm_DH)),
                      ("sLSTM", dtype, dict(B=4, S=200, NH=2, DH=args.slstm_DH))]
         for kind, dt, kw in cases:
-            fn = mlstm_correctness if kind == "mLSTM" else slstm_correctness
+            fn = mlstm_correctness if kind.startswith("mLSTM") else slstm_correctness
             errs, e = guarded(lambda: fn(device, dt, **kw))
             if errs is None:
                 rows.append([kind, str(dt).replace("torch.", ""), "ERROR " + e, "FAIL"])
                 failed = True
                 continue
-            ok = all(v < tols[dt] for v in errs.values())
+            ok = all(v < (fla_tols if kind == "mLSTM-fla" else tols)[dt] for v in errs.values())
             failed |= not ok
             rows.append([kind, str(dt).replace("torch.", ""), " ".join(f"{k}={v:.1e}" for k, v in errs.items()),
                          "PASS" if ok else "FAIL"])

@@ -131,5 +131,7 @@ class ModelConfig:
 
         need(
             self.backend in xlstm_kernels.MLSTM_BACKENDS,
-            f"backend must be one of {sorted(xlstm_kernels.MLSTM_BACKENDS)}, got {self.backend!r}",
+            f"backend must be one of {sorted(xlstm_kernels.MLSTM_BACKENDS)}, got {self.backend!r}"
+            + (f" ({xlstm_kernels.MISSING_BACKENDS[self.backend]})" if self.backend in xlstm_kernels.MISSING_BACKENDS
+               else ""),
         )
