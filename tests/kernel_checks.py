@@ -1,11 +1,24 @@
 """Shared pieces of the kernel tests (tests/test_kernels_triton.py, tests/test_kernels_fla.py): random mLSTM
 problems, forward + backward of a weighted sum of every output, and the relative error against fp64."""
 
+import os
+
+import pytest
 import torch
 
 from xlstm_kernels.mlstm import mlstm_parallel
 
 F64 = torch.float64
+
+
+def triton_test_device() -> str:
+    """Where the Triton tests run: "cpu" under the interpreter (TRITON_INTERPRET=1), "cuda" for compiled
+    kernels; the calling test module is skipped when neither is possible."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
 
 
 def rel_err(a, b):

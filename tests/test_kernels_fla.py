@@ -30,18 +30,13 @@ if importlib.util.find_spec("fla") is None or importlib.util.find_spec("triton")
 
 import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
-from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err  # noqa: E402
+from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err, triton_test_device  # noqa: E402
 from xlstm_kernels import selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import fla as fla_mod  # noqa: E402
 from xlstm_kernels.mlstm import mlstm_chunkwise, mlstm_recurrent  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
-if INTERPRET:
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+DEVICE = triton_test_device()
 
 REPO = Path(__file__).resolve().parents[1]
 run = functools.partial(kernel_checks.mlstm_run, device=DEVICE)

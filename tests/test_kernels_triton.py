@@ -24,7 +24,7 @@ triton = pytest.importorskip("triton")
 
 import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
-from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err  # noqa: E402
+from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err, triton_test_device  # noqa: E402
 from xlstm_kernels import selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise  # noqa: E402
 from xlstm_kernels.slstm import recurrent_triton, slstm_recurrent  # noqa: E402
@@ -33,12 +33,7 @@ INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 if type(triton.language.standard.cumsum).__name__ != ("InterpretedFunction" if INTERPRET else "JITFunction"):
     pytest.skip("triton was imported before TRITON_INTERPRET was set (tests/conftest.py sets it first); "
                 "set TRITON_INTERPRET explicitly", allow_module_level=True)
-if INTERPRET:
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+DEVICE = triton_test_device()
 
 REPO = Path(__file__).resolve().parents[1]
 mlstm_run = functools.partial(kernel_checks.mlstm_run, device=DEVICE)

@@ -124,6 +124,25 @@ def _load():
     return _chunk_simple_gla
 
 
+def import_fla(name: str):
+    """Import the FLA module ``name`` (e.g. ``"fla.modules.norm.layernorm"``) for other fused paths
+    (``xlstm_pretrain/model/fused_fla.py``): same install hint and, under TRITON_INTERPRET=1, the same
+    interpreter shims as ``_load()`` (re-applied after each import; they are idempotent)."""
+    import importlib
+
+    with _lock:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
+                mod = importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"model.fused_ops='fla' needs flash-linear-attention >= 0.6: {INSTALL_HINT} "
+                              f"({type(e).__name__}: {e})") from e
+        if os.environ.get("TRITON_INTERPRET", "0") == "1":
+            _interpreter_shims()
+    return mod
+
+
 def stabiliser(log_f: torch.Tensor, i: torch.Tensor, starts: torch.Tensor, m_start: torch.Tensor) -> torch.Tensor:
     """m_t of the recurrent form, (B, NH, S), in the dtype of the inputs (call it with fp64).
 

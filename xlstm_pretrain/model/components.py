@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_fla
+from .fused_fla import use_fla
+
 
 def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     """cap * tanh(x / cap): smooth clamp of gate pre-activations and logits (xLSTM-7B)."""
@@ -27,6 +30,22 @@ def wang_init_(w: torch.Tensor, dim: int, num_blocks: int) -> torch.Tensor:
     return nn.init.normal_(w, mean=0.0, std=2.0 / num_blocks / math.sqrt(dim))
 
 
+# ---- fused ops switch ---------------------------------------------------------------------------
+
+FUSED_OPS = ("torch", "fla")
+
+
+def set_fused_ops(model: nn.Module, fused_ops: str) -> None:
+    """Set ``fused_ops`` on every norm / causal conv of ``model`` (``ModelConfig.fused_ops``; see
+    ``fused_fla.py``). "torch" (the class default) is the reference; "fla" calls flash-linear-attention's
+    fused kernels where ``fused_fla.use_fla(x)`` holds and the torch code elsewhere. No parameter changes."""
+    if fused_ops not in FUSED_OPS:
+        raise ValueError(f"fused_ops must be one of {FUSED_OPS}, got {fused_ops!r}")
+    for m in model.modules():
+        if isinstance(m, (LayerNorm, RMSNorm, MultiHeadLayerNorm, CausalConv1d)):
+            m.fused_ops = fused_ops
+
+
 # ---- norms --------------------------------------------------------------------------------------
 
 
@@ -37,6 +56,8 @@ class LayerNorm(nn.Module):
     so weight decay pulls the scale towards 1. Reductions run in fp32.
     """
 
+    fused_ops = "torch"  # set_fused_ops
+
     def __init__(self, dim: int, eps: float = 1e-5, residual_weight: bool = True):
         super().__init__()
         self.dim, self.eps, self.residual_weight = dim, eps, residual_weight
@@ -46,6 +67,8 @@ class LayerNorm(nn.Module):
         return 1.0 + self.weight if self.residual_weight else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_ops == "fla" and use_fla(x):
+            return fused_fla.layer_norm(x, self.scale(), self.eps)
         y = F.layer_norm(x.float(), (self.dim,), eps=self.eps)
         return (y * self.scale().float()).to(x.dtype)
 
@@ -56,12 +79,16 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps) * weight, reductions in fp32 (xLSTM-7B)."""
 
+    fused_ops = "torch"  # set_fused_ops
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_ops == "fla" and use_fla(x):
+            return fused_fla.rms_norm(x, self.weight, self.eps)
         xf = x.float()
         y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return y * self.weight
@@ -77,6 +104,8 @@ class MultiHeadLayerNorm(nn.Module):
     family stores it directly (eps 1e-6). Reductions in fp32.
     """
 
+    fused_ops = "torch"  # set_fused_ops
+
     def __init__(self, num_heads: int, head_dim: int, eps: float, residual_weight: bool):
         super().__init__()
         self.num_heads, self.head_dim, self.eps, self.residual_weight = num_heads, head_dim, eps, residual_weight
@@ -85,8 +114,10 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, S, NH, DH = x.shape
-        y = F.layer_norm(x.float(), (DH,), eps=self.eps).reshape(B, S, NH * DH)
         scale = 1.0 + self.weight if self.residual_weight else self.weight
+        if self.fused_ops == "fla" and use_fla(x):
+            return fused_fla.multihead_layer_norm(x, scale, self.eps)
+        y = F.layer_norm(x.float(), (DH,), eps=self.eps).reshape(B, S, NH * DH)
         return (y * scale.float()).to(x.dtype)
 
     def reset_parameters(self):
@@ -103,6 +134,8 @@ class CausalConv1d(nn.Module):
     (B, S), inputs from an earlier document are not seen (the conv restarts at each document), and the
     returned state keeps only the last document's inputs, so state passing stays exact across resets.
     """
+
+    fused_ops = "torch"  # set_fused_ops: "fla" computes y with FLA's causal_conv1d (the state is a slice)
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True):
         super().__init__()
@@ -125,22 +158,30 @@ class CausalConv1d(nn.Module):
         """x: (B, S, C). Returns (y (B, S, C), new_state (B, K-1, C))."""
         B, S, C = x.shape
         K = self.kernel_size
+        state_in = state
+        # FLA only without a carried state (the training path): its initial-state kernels fail under the
+        # Triton interpreter, so that path is untested and left to torch (fused_fla.py)
+        fused = self.fused_ops == "fla" and K > 1 and state is None and use_fla(x)
         if state is None:
             state = self.zero_state(B, x.dtype, x.device)
         xx = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, C)
         w = self.weight[:, 0, :].to(x.dtype)  # (C, K)
-        if reset is None:
-            y = F.conv1d(xx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
-        else:
+        if reset is not None:
             # document index per position (history belongs to document 0, the one the state continues)
             seg = torch.cat([reset.new_zeros(B, K - 1), reset], dim=1).long().cumsum(1)  # (B, K-1+S)
+        if fused:
+            # the output from FLA (bias included); the state below is a slice of xx either way
+            y = fused_fla.causal_conv1d(x, self.weight[:, 0, :], self.bias, state_in, reset)
+        elif reset is None:
+            y = F.conv1d(xx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
+        else:
             seg_t = seg[:, K - 1 :]
             y = torch.zeros_like(x)
             for lag in range(K):  # tap w[:, K-1-lag] reads x_{t-lag}
                 src = xx[:, K - 1 - lag : K - 1 - lag + S]
                 same_doc = (seg[:, K - 1 - lag : K - 1 - lag + S] == seg_t)[..., None]
                 y = y + src * same_doc * w[:, K - 1 - lag]
-        if self.bias is not None:
+        if self.bias is not None and not fused:
             y = y + self.bias.to(x.dtype)
         tail = xx[:, xx.shape[1] - (K - 1) :]
         if reset is not None:

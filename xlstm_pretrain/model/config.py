@@ -35,6 +35,11 @@ class ModelConfig:
     mlstm_form: Literal["chunkwise", "parallel", "recurrent"] = "chunkwise"
     chunk_size: int = 64
     eps: float = 1e-6
+    # Fused ops around the cells (model/fused_fla.py): "torch" (default, the reference) or "fla":
+    # flash-linear-attention's fused LayerNorm / RMSNorm / per-head norm, short causal conv and (TP == 1,
+    # no ZeRO-3) linear + cross-entropy loss without materialised logits. Same function and parameters
+    # (checkpoints interchangeable); FLA runs on CUDA tensors (and CPU under TRITON_INTERPRET=1), torch elsewhere.
+    fused_ops: Literal["torch", "fla"] = "torch"
 
     # paper family
     slstm_at: list[int] = field(default_factory=list)
@@ -127,6 +132,13 @@ class ModelConfig:
         else:
             need(not self.slstm_at, "slstm_at is only valid for family='paper' (the large family is all mLSTM)")
             need(self.gate_soft_cap > 0 and self.logit_soft_cap > 0, "soft caps must be positive")
+        need(self.fused_ops in ("torch", "fla"), f"fused_ops must be 'torch' or 'fla', got {self.fused_ops!r}")
+        if self.fused_ops == "fla":
+            import importlib.util
+
+            need(importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None,
+                 "fused_ops='fla' needs flash-linear-attention >= 0.6 and triton: pip install "
+                 "flash-linear-attention (or: pip install 'xlstm-pretrain[fla]')")
         import xlstm_kernels  # the kernel registry decides which backends exist
 
         need(

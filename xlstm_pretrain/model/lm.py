@@ -9,7 +9,7 @@ from torch import nn
 
 from .blocks_large import LargeBlock
 from .blocks_paper import PaperMLSTMBlock, PaperSLSTMBlock
-from .components import LayerNorm, RMSNorm, small_init_, soft_cap
+from .components import LayerNorm, RMSNorm, set_fused_ops, small_init_, soft_cap
 from .config import ModelConfig
 
 
@@ -30,6 +30,7 @@ class xLSTMLM(nn.Module):
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
+        set_fused_ops(self, cfg.fused_ops)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -42,8 +43,11 @@ class xLSTMLM(nn.Module):
         if not self.cfg.tie_embeddings:
             small_init_(self.lm_head.weight, d)
 
-    def forward(self, input_ids, state=None, doc_boundaries=None, return_state=False):
+    def forward(self, input_ids, state=None, doc_boundaries=None, return_state=False, return_hidden=False):
         """input_ids (B, S) -> logits (B, S, V) [, new state].
+
+        return_hidden: return the output-normed hidden states (B, S, D) instead of the logits, for a loss
+        that applies the LM head itself (``parallel.lm_loss_from_hidden``: fused linear cross entropy).
 
         state: list with one entry per block (as returned with ``return_state=True``), or None for the
         zero state. doc_boundaries: optional bool (B, S), True at the first token of each packed document;
@@ -56,6 +60,9 @@ class xLSTMLM(nn.Module):
         for idx, block in enumerate(self.blocks):
             x, block_state = block(x, None if state is None else state[idx], doc_boundaries, return_state)
             new_state.append(block_state)
+        if return_hidden:
+            hidden = self.out_norm(x)
+            return (hidden, new_state) if return_state else hidden
         logits = self.lm_head(self.out_norm(x))
         if self.cfg.family == "large":
             logits = soft_cap(logits.float(), self.cfg.logit_soft_cap)

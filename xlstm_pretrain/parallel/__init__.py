@@ -3,12 +3,14 @@ from .context_parallel import apply_context_parallel, shard_sequence, token_coun
 from .layers import ColumnParallelLinear, HeadParallelGate, RowParallelLinear, VocabParallelEmbedding
 from .loss import vocab_parallel_cross_entropy
 from .state import DeepSpeedMPU, ParallelState, init_parallel_state, single_process_state
-from .tensor_parallel import gather_full_state_dict, gather_logits, lm_loss, load_full_state_dict, parallelize_model
+from .tensor_parallel import (fused_loss_applies, gather_full_state_dict, gather_logits, lm_loss, lm_loss_from_hidden,
+                              load_full_state_dict, parallelize_model)
 
 __all__ = [
     "apply_context_parallel", "shard_sequence", "token_count",
     "ColumnParallelLinear", "DeepSpeedMPU", "HeadParallelGate", "ParallelConfig", "ParallelState",
     "RowParallelLinear", "VocabParallelEmbedding", "check_layout", "gather_full_state_dict", "gather_logits",
-    "init_parallel_state", "lm_loss", "load_full_state_dict", "parallelize_model", "single_process_state",
+    "fused_loss_applies", "init_parallel_state", "lm_loss", "lm_loss_from_hidden", "load_full_state_dict",
+    "parallelize_model", "single_process_state",
     "vocab_parallel_cross_entropy",
 ]

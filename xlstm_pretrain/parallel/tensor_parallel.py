@@ -25,6 +25,7 @@ from torch import nn
 
 from xlstm_pretrain.model.blocks_large import LargeBlock
 from xlstm_pretrain.model.blocks_paper import PaperMLSTMBlock, PaperSLSTMBlock
+from xlstm_pretrain.model.components import soft_cap
 from xlstm_pretrain.model.lm import xLSTMLM
 
 from .config import ParallelConfig, check_layout
@@ -154,6 +155,39 @@ def lm_loss(model: xLSTMLM, logits: torch.Tensor, labels: torch.Tensor, ignore_i
     if state is None or state.tp == 1:
         return vocab_parallel_cross_entropy(logits, labels, None, 0, ignore_index)
     return vocab_parallel_cross_entropy(logits, labels, state.tp_group, model.embedding.vocab_start, ignore_index)
+
+
+def fused_loss_applies(model: xLSTMLM) -> bool:
+    """Whether the training loss goes through ``lm_loss_from_hidden`` (``model.cfg.fused_ops == "fla"``,
+    TP == 1, a plain ``nn.Linear`` head). TP > 1 keeps the logits path: the head is vocab-parallel behind
+    our sequence-parallel gather, and FLA's process-group variant does not plug into those mappings.
+    Soft-capped logits (the large family) keep the logits path too: FLA's ``logit_softcapping`` computes the
+    same cap * tanh(z / cap), but its tanh does not run under the Triton interpreter, so it is untested here."""
+    state = getattr(model, "parallel_state", None)
+    return (model.cfg.fused_ops == "fla" and (state is None or state.tp == 1)
+            and type(model.lm_head) is nn.Linear and model.cfg.family != "large")
+
+
+def lm_loss_from_hidden(model: xLSTMLM, hidden: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
+    """Sum of the token losses (a scalar; ignored labels add 0) from the output-normed hidden states
+    (``model(..., return_hidden=True)``), = ``lm_loss(model, logits, labels).sum()``.
+
+    FLA's fused linear cross entropy (``model/fused_fla.py``, logit soft cap included) where
+    ``fused_fla.use_fla(hidden)`` holds and the head weight is a plain tensor; otherwise (CPU without the
+    interpreter, fp64, ZeRO-3 partitioned weights: those carry ``ds_id`` and are only gathered inside the
+    head's own forward) the head is applied as a module and the logits path computes the loss.
+    Only for ``fused_loss_applies(model)`` models (TP == 1).
+    """
+    from xlstm_pretrain.model import fused_fla
+
+    cap = model.cfg.logit_soft_cap if model.cfg.family == "large" else None
+    weight = model.lm_head.weight
+    if cap is None and fused_fla.use_fla(hidden) and not hasattr(weight, "ds_id"):
+        return fused_fla.linear_cross_entropy_sum(hidden, weight, labels, cap, ignore_index)
+    logits = model.lm_head(hidden)
+    if cap is not None:
+        logits = soft_cap(logits.float(), cap)
+    return vocab_parallel_cross_entropy(logits, labels, None, 0, ignore_index).sum()
 
 
 def gather_logits(model: xLSTMLM, logits: torch.Tensor) -> torch.Tensor:

@@ -43,14 +43,22 @@ class NonFiniteStop(RuntimeError):
 def micro_batch_loss(engine, batch: dict, device, autocast, state) -> torch.Tensor:
     """This rank's share of the micro-batch's mean token loss (TP: vocab-parallel cross entropy, the same on
     all TP ranks). With context parallelism each rank takes its contiguous slice of every sequence and
-    divides its token-loss sum by the token count of the whole sequences (DeepSpeed sums gradients over CP)."""
-    from xlstm_pretrain.parallel import lm_loss, shard_sequence, token_count
+    divides its token-loss sum by the token count of the whole sequences (DeepSpeed sums gradients over CP).
+    With ``model.fused_ops="fla"`` (TP == 1) the model returns its normed hidden states and the LM head and
+    cross entropy run fused, without materialising the logits (``lm_loss_from_hidden``)."""
+    from xlstm_pretrain.parallel import fused_loss_applies, lm_loss, lm_loss_from_hidden, shard_sequence, token_count
 
     batch = shard_sequence(batch, state)
     labels = batch["labels"].to(device, non_blocking=True)
+    inputs = (batch["input_ids"].to(device, non_blocking=True),)
+    bounds = batch["doc_boundaries"].to(device, non_blocking=True)
+    if fused_loss_applies(engine.module):
+        with autocast:
+            hidden = engine(*inputs, doc_boundaries=bounds, return_hidden=True)
+            loss_sum = lm_loss_from_hidden(engine.module, hidden, labels)
+        return loss_sum / token_count(labels, state)
     with autocast:
-        logits = engine(batch["input_ids"].to(device, non_blocking=True),
-                        doc_boundaries=batch["doc_boundaries"].to(device, non_blocking=True))
+        logits = engine(*inputs, doc_boundaries=bounds)
     return lm_loss(engine.module, logits, labels).sum() / token_count(labels, state)
 
 
