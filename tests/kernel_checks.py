@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from xlstm_kernels import selfcheck
 from xlstm_kernels.mlstm import mlstm_parallel
 
 F64 = torch.float64
@@ -19,6 +20,16 @@ def triton_test_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
     pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_selfcheck():
+    """Each test starts with no recorded self-check results and the default mode (autouse where imported)."""
+    selfcheck.reset()
+    selfcheck.set_mode(None)
+    yield
+    selfcheck.reset()
+    selfcheck.set_mode(None)
 
 
 def rel_err(a, b):

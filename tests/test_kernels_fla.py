@@ -31,6 +31,7 @@ if importlib.util.find_spec("fla") is None or importlib.util.find_spec("triton")
 import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
 from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err, triton_test_device  # noqa: E402
+from kernel_checks import fresh_selfcheck  # noqa: E402,F401  (autouse fixture)
 from xlstm_kernels import selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import fla as fla_mod  # noqa: E402
 from xlstm_kernels.mlstm import mlstm_chunkwise, mlstm_recurrent  # noqa: E402
@@ -43,15 +44,6 @@ run = functools.partial(kernel_checks.mlstm_run, device=DEVICE)
 problem = mlstm_problem
 OUT_NAMES = ["h", "C", "n", "m"]
 GRAD_NAMES = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_selfcheck():
-    selfcheck.reset()
-    selfcheck.set_mode(None)
-    yield
-    selfcheck.reset()
-    selfcheck.set_mode(None)
 
 
 CASES = {
@@ -197,6 +189,7 @@ def test_fla_backend_dispatch_and_signature():
         assert {k: p.default for k, p in sig.parameters.items()} == {
             k: p.default for k, p in torch_sig.parameters.items()}
     xs, reset, _ = problem(1, 2, 21, 16, 16)
+    fla_mod._load()  # import FLA first: its own import warns (transformers' deprecations), not our check
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # passes its self-check: no warning
         h, st = xlstm_kernels.mlstm(*xs[:5], backend="fla", initial_state=tuple(xs[5:]), reset=reset,

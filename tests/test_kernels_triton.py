@@ -25,6 +25,7 @@ triton = pytest.importorskip("triton")
 import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
 from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err, triton_test_device  # noqa: E402
+from kernel_checks import fresh_selfcheck  # noqa: E402,F401  (autouse fixture)
 from xlstm_kernels import selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise  # noqa: E402
 from xlstm_kernels.slstm import recurrent_triton, slstm_recurrent  # noqa: E402
@@ -37,15 +38,6 @@ DEVICE = triton_test_device()
 
 REPO = Path(__file__).resolve().parents[1]
 mlstm_run = functools.partial(kernel_checks.mlstm_run, device=DEVICE)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_selfcheck():
-    selfcheck.reset()
-    selfcheck.set_mode(None)
-    yield
-    selfcheck.reset()
-    selfcheck.set_mode(None)
 
 
 # ---------------------------------------------------------------------------------------------------
