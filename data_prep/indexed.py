@@ -69,6 +69,14 @@ class IndexedDatasetWriter:
         os.replace(data_path(self.prefix) + TMP_SUFFIX, data_path(self.prefix))
         os.replace(index_path(self.prefix) + TMP_SUFFIX, index_path(self.prefix))
 
+    def discard(self) -> None:
+        """Instead of ``commit()`` for a shard that came out empty: leave no files under its name (also
+        none from an earlier run), since Megatron-LM and gpt-neox cannot mmap a 0-byte ``.bin``."""
+        self.abort()
+        for path in (index_path(self.prefix), data_path(self.prefix)):  # .idx first: never an .idx without .bin
+            if os.path.exists(path):
+                os.remove(path)
+
     def abort(self) -> None:
         if not self._bin.closed:
             self._bin.close()

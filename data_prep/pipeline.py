@@ -4,17 +4,27 @@ Plan: train inputs in the order given (folders expanded and sorted) are cut into
 ``files_per_shard`` consecutive files; hub streams into jobs of ``records_per_shard`` consecutive
 records. Job k of a split writes ``<split>_<k:05d>``; with a validation fraction, its held-out
 documents go to ``val_<k:05d>``. Jobs are independent, so any number of workers produces the same bytes.
+
+Workers are processes: a worker that dies (e.g. SIGKILL from the out-of-memory killer) fails the run at
+once with ``WorkerDied`` naming its job(s); finished jobs are kept, so a rerun resumes. Workers die with
+the parent process (Linux: PR_SET_PDEATHSIG; elsewhere a parent-pid watchdog thread), so a killed run
+leaves no worker writing files that the rerun deletes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -23,8 +33,8 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from data_prep.manifest import MANIFEST_NAME, build_manifest, format_summary, write_manifest
-from data_prep.readers import InputError, find_input_files, hub_source_name, iter_hub_records
-from data_prep.shard_jobs import PROGRESS_DIR, PrepSettings, ShardJob, read_finished, run_job
+from data_prep.readers import InputError, find_input_files, hub_reader, hub_source_name, iter_hub_records
+from data_prep.shard_jobs import PROGRESS_DIR, InputsChanged, PrepSettings, ShardJob, read_finished, run_job
 from data_prep.tokenizer_info import DEFAULT_EOD_TOKEN, describe_tokenizer
 
 
@@ -48,6 +58,7 @@ class PrepOptions:
     records_per_shard: int = 100_000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     overwrite: bool = False
+    redo_changed: bool = False  # redo finished jobs whose input files changed since (else an error)
     progress: bool = True
 
 
@@ -83,8 +94,12 @@ def check_options(o: PrepOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without finishing its job (killed by a signal, e.g. the OOM killer)."""
+
+
 def plan_file_jobs(paths: list[str], split: str, files_per_shard: int, hold_out: bool) -> list[ShardJob]:
-    files = find_input_files(paths)
+    files = find_input_files(paths, refuse_heldout_folders=split == "train")
     jobs = []
     for k, start in enumerate(range(0, len(files), files_per_shard)):
         jobs.append(
@@ -114,6 +129,7 @@ def plan_hub_jobs(o: PrepOptions, settings: PrepSettings, split: str, hub_split:
             hub_source=source,
             first_record=k * o.records_per_shard,
             records_per_job=o.records_per_shard,
+            hub_reader=hub_reader(o.hf_dataset, hub_split, o.hf_data_files),
             heldout_name=f"val_{index:05d}" if split == "train" and o.validation_fraction > 0 else None,
         )
         chunk = islice(records, o.records_per_shard)
@@ -136,16 +152,37 @@ _worker_settings: PrepSettings | None = None
 _worker_queue = None
 
 
-def _init_worker(settings: PrepSettings, progress_queue) -> None:
+def _init_worker(settings: PrepSettings, messages, parent_pid: int) -> None:
     global _worker_settings, _worker_queue
+    _die_with_parent(parent_pid)
     # Each worker process tokenizes one document batch at a time; the Rust tokenizer's own thread pool
     # would oversubscribe the cores that the other workers already use.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_settings, _worker_queue = settings, progress_queue
+    _worker_settings, _worker_queue = settings, messages
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the run's main process ends, however it ends (SIGKILL included): an
+    orphaned worker would go on writing .tmp files that a rerun deletes, then commit its shard."""
+    PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _exit_when_orphaned(parent_pid: int, poll_s: float = 1.0) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(1)
 
 
 def _run_job_in_worker(job: ShardJob) -> dict:
-    return run_job(job, _worker_settings, report=lambda docs, tokens: _worker_queue.put((docs, tokens)))
+    _worker_queue.put(("started", job.name))
+    return run_job(job, _worker_settings, report=lambda docs, tokens: _worker_queue.put(("progress", docs, tokens)))
 
 
 class _Progress:
@@ -172,11 +209,14 @@ class _Progress:
         self.bar.close()
 
 
-def _run_jobs(jobs: Iterable[ShardJob], settings: PrepSettings, workers: int, progress: _Progress) -> tuple[list[dict], int]:
-    """Run the jobs that are not finished yet; returns (the record of every job in plan order, #run)."""
+def _run_jobs(
+    jobs: Iterable[ShardJob], settings: PrepSettings, workers: int, progress: _Progress, known: dict[str, dict | None]
+) -> tuple[list[dict], int]:
+    """Run the jobs that are not finished yet; returns (the record of every job in plan order, #run).
+    ``known``: jobs already checked for a finished record (name -> record or None)."""
     records: dict[str, dict] = {}
     order: list[str] = []
-    todo: Iterator[ShardJob] = _unfinished(jobs, settings, records, order, progress)
+    todo: Iterator[ShardJob] = _unfinished(jobs, settings, records, order, progress, known)
     ran = 0
     if workers == 1:  # in-process: simplest to debug, and the Rust tokenizer may use every core itself
         for job in todo:
@@ -184,29 +224,14 @@ def _run_jobs(jobs: Iterable[ShardJob], settings: PrepSettings, workers: int, pr
             progress.job_done()
             ran += 1
     else:
-        ctx = multiprocessing.get_context("spawn")  # no fork: safe with the tokenizer's threads
-        progress_queue = ctx.Queue()
-        pending: deque = deque()
-        with contextlib.ExitStack() as stack:
-            pool = None
-            for job in todo:
-                if pool is None:  # started on the first unfinished job: a fully resumed run starts no process
-                    pool = stack.enter_context(
-                        ctx.Pool(workers, initializer=_init_worker, initargs=(settings, progress_queue))
-                    )
-                pending.append((job.name, pool.apply_async(_run_job_in_worker, (job,))))
-                while len(pending) >= 2 * workers:  # bounded: hub jobs carry their records
-                    ran += _collect_first(pending, records, progress_queue, progress)
-            while pending:
-                ran += _collect_first(pending, records, progress_queue, progress)
-            _drain(progress_queue, progress)
+        ran = _run_in_worker_processes(todo, settings, workers, progress, records)
     return [records[name] for name in order], ran
 
 
-def _unfinished(jobs, settings, records, order, progress) -> Iterator[ShardJob]:
+def _unfinished(jobs, settings, records, order, progress, known) -> Iterator[ShardJob]:
     for job in jobs:
         order.append(job.name)
-        finished = read_finished(job, settings)
+        finished = known[job.name] if job.name in known else read_finished(job, settings)
         if finished is not None:
             records[job.name] = finished
             progress.job_done()
@@ -214,25 +239,108 @@ def _unfinished(jobs, settings, records, order, progress) -> Iterator[ShardJob]:
             yield job
 
 
-def _collect_first(pending: deque, records: dict, progress_queue, progress: _Progress) -> int:
-    name, result = pending[0]
-    while not result.ready():
-        _drain(progress_queue, progress, timeout=0.1)
-    records[name] = result.get()  # re-raises a worker's exception here
+def _run_in_worker_processes(
+    todo: Iterator[ShardJob], settings: PrepSettings, workers: int, progress: _Progress, records: dict
+) -> int:
+    ctx = multiprocessing.get_context("spawn")  # no fork: safe with the tokenizer's threads
+    messages = ctx.Queue()
+    started: set[str] = set()
+    pending: deque[tuple[ShardJob, Future]] = deque()
+    executor: ProcessPoolExecutor | None = None
+    ran = 0
+    try:
+        for job in todo:
+            if executor is None:  # started on the first unfinished job: a fully resumed run starts no process
+                executor = ProcessPoolExecutor(
+                    workers, mp_context=ctx, initializer=_init_worker, initargs=(settings, messages, os.getpid())
+                )
+            pending.append((job, executor.submit(_run_job_in_worker, job)))
+            while len(pending) >= 2 * workers:  # bounded: hub jobs carry their records
+                ran += _collect_first(pending, records, messages, progress, started)
+        while pending:
+            ran += _collect_first(pending, records, messages, progress, started)
+        _drain(messages, progress, started)
+    except BaseException:
+        if executor is not None:
+            _stop_workers(executor)
+        raise
+    if executor is not None:
+        executor.shutdown(wait=True)
+    return ran
+
+
+def _collect_first(pending: deque, records: dict, messages, progress: _Progress, started: set[str]) -> int:
+    job, future = pending[0]
+    while not future.done():
+        _drain(messages, progress, started, timeout=0.1)
+    try:
+        records[job.name] = future.result()  # re-raises a worker's exception here
+    except BrokenProcessPool:
+        _drain(messages, progress, started)
+        raise WorkerDied(_worker_death_message([j for j, _ in pending], started)) from None
     pending.popleft()
     progress.job_done()
     return 1
 
 
-def _drain(progress_queue, progress: _Progress, timeout: float = 0.0) -> None:
+def _worker_death_message(unfinished: list[ShardJob], started: set[str]) -> str:
+    running = [j for j in unfinished if j.name in started] or unfinished
+    described = "; ".join(f"{j.name} ({_describe_inputs(j)})" for j in running)
+    return (
+        f"a worker process died while running job(s) {described}. It was killed by a signal: usually SIGKILL "
+        "from the out-of-memory killer (see `dmesg`). Shards finished so far are kept: rerun the same command "
+        "to resume (with fewer --workers if memory ran out)"
+    )
+
+
+def _describe_inputs(job: ShardJob) -> str:
+    if job.hub_source is not None:
+        return f"{job.hub_source} records {job.first_record + 1}-{job.first_record + job.records_per_job}"
+    shown = ", ".join(f.key for f in job.files[:3])
+    return f"input files {shown}" + (f" and {len(job.files) - 3} more" if len(job.files) > 3 else "")
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Stop running jobs now (after an error or Ctrl-C): their .tmp files are deleted by the rerun."""
+    terminate = getattr(executor, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    # Before 3.14 the executor cannot stop running jobs; shutdown() would wait for them to finish.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _drain(messages, progress: _Progress, started: set[str], timeout: float = 0.0) -> None:
     try:
-        docs, tokens = progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait()
-        progress.add(docs, tokens)
+        message = messages.get(timeout=timeout) if timeout else messages.get_nowait()
         while True:
-            docs, tokens = progress_queue.get_nowait()
-            progress.add(docs, tokens)
+            if message[0] == "started":
+                started.add(message[1])
+            else:
+                progress.add(message[1], message[2])
+            message = messages.get_nowait()
     except queue.Empty:
         pass
+
+
+def _finished_local_jobs(jobs: list[ShardJob], settings: PrepSettings, redo_changed: bool) -> dict[str, dict | None]:
+    """The finished record (or None) of every local job, checked before any work starts, so that all jobs
+    with changed input files are named in one ``InputsChanged`` error."""
+    known: dict[str, dict | None] = {}
+    changes: dict[str, list[str]] = {}
+    for job in jobs:
+        try:
+            known[job.name] = read_finished(job, settings, redo_changed)
+        except InputsChanged as e:
+            changes.update(e.changes)
+    if changes:
+        raise InputsChanged(settings.output_dir, changes)
+    return known
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +376,7 @@ def prepare(o: PrepOptions) -> PrepResult:
     output_dir.mkdir(parents=True, exist_ok=True)
     if o.overwrite:
         _clear_output(output_dir)
+    known = _finished_local_jobs(train_jobs + val_jobs, settings, o.redo_changed)
     for stale in output_dir.glob("*.tmp"):  # a crashed run's partial files; their jobs will be redone
         stale.unlink()
 
@@ -283,7 +392,7 @@ def prepare(o: PrepOptions) -> PrepResult:
     workers = min(o.workers, known_total) if known_total else o.workers
     progress = _Progress(o.progress, known_total)
     try:
-        records, ran = _run_jobs(all_jobs(), settings, max(workers, 1), progress)
+        records, ran = _run_jobs(all_jobs(), settings, max(workers, 1), progress, known)
     finally:
         progress.close()
 

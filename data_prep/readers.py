@@ -6,13 +6,19 @@ object per line: ``{"text": ..., "meta": {"redpajama_set_name": ...}}``. Hub inp
 
 A bad line is skipped and counted under one reason (``BAD_INPUT_REASONS``); the first few of each reason
 are kept with ``file:line`` for the report. A truncated or corrupt ``.zst`` keeps every complete line
-before the damage. A missing or unreadable input path is an ``InputError`` before any work starts.
+before the damage: it is decoded in small pieces, so only the damaged zstd block is lost. A missing or
+unreadable input path is an ``InputError`` before any work starts.
+
+The ``json`` builder of the hub path (``--hf-dataset json --hf-data-files a.jsonl``) on local files is
+read by this module too (``iter_json_records``), so its bad lines are counted like local files' lines
+instead of stopping the run inside pyarrow.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +34,15 @@ BAD_INPUT_REASONS = (
     "blank_line",  # an empty line between records
     "truncated_zst",  # the .zst stream ends mid-frame (an interrupted download)
     "corrupt_zst",  # the .zst decoder rejected the data
+    "empty_file",  # a 0-byte input file (e.g. a download that never started)
 )
 INPUT_SUFFIXES = (".jsonl", ".jsonl.zst")
 EXAMPLES_PER_REASON = 5
+# Folder names of held-out splits (SlimPajama: validation/, test/). Train input must not include them.
+HELDOUT_FOLDER_NAMES = frozenset({"validation", "valid", "val", "test"})
+# Compressed bytes fed to the zstd decoder per call: a decode error loses the output of the failing call,
+# so small pieces keep every block decoded before the damaged one (a 1 MiB piece spans many blocks).
+ZSTD_PIECE_SIZE = 1024
 
 
 class InputError(Exception):
@@ -85,6 +97,19 @@ class InputLog:
         return cls(Counter({k: v for k, v in d["counts"].items() if v}), list(d["examples"]), d["filtered_documents"])
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A line that holds no record (its reason in BAD_INPUT_REASONS), in place of the record it should be."""
+
+    reason: str
+    source: str  # InputFile.key
+    line: int
+    detail: str = ""
+
+    def log_to(self, log: InputLog) -> None:
+        log.skip(self.reason, self.source, self.line, self.detail)
+
+
 def format_example(example: dict) -> str:
     detail = f" ({example['detail']})" if example["detail"] else ""
     return f"{example['source']}:{example['line']}: {example['reason']}{detail}"
@@ -99,8 +124,29 @@ def has_input_suffix(name: str, suffixes: Iterable[str] = INPUT_SUFFIXES) -> boo
     return any(name.endswith(s) for s in suffixes)
 
 
-def find_input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = INPUT_SUFFIXES) -> list[InputFile]:
-    """Expand files and folders (recursively, sorted) into input files, in the order given."""
+def natural_sort_key(relative_path: str) -> tuple:
+    """Numbers compare as numbers: chunk2 sorts before chunk10 (a plain string sort puts chunk10 first)."""
+    parts = re.split(r"([0-9]+)", relative_path)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], relative_path
+
+
+def _check_no_heldout_folders(folder: str, files: list[Path], root: Path) -> None:
+    """Refuse a train folder that holds validation/ or test/ (e.g. SlimPajama's root): training on them
+    would leak the evaluation data into the train shards."""
+    found = sorted({part for f in files for part in f.relative_to(root).parts[:-1] if part.lower() in HELDOUT_FOLDER_NAMES})
+    if found:
+        raise InputError(
+            f"--input {folder} contains held-out split folder(s) {', '.join(f + '/' for f in found)}: training "
+            f"on them would leak evaluation data. Give the train folder (e.g. {Path(folder) / 'train'}), or list "
+            "the wanted folders/files explicitly (and --validation-input for validation data)"
+        )
+
+
+def find_input_files(
+    paths: Iterable[str | Path], suffixes: tuple[str, ...] = INPUT_SUFFIXES, refuse_heldout_folders: bool = False
+) -> list[InputFile]:
+    """Expand files and folders (recursively, in natural order) into input files, in the order given.
+    ``refuse_heldout_folders``: an ``InputError`` if a folder holds validation/ or test/ subfolders."""
     found: list[InputFile] = []
     seen: dict[str, str] = {}
     for given in paths:
@@ -112,10 +158,12 @@ def find_input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = IN
         if p.is_dir():
             files = sorted(
                 (f for f in p.rglob("*") if f.is_file() and has_input_suffix(f.name, suffixes)),
-                key=lambda f: f.relative_to(p).as_posix(),
+                key=lambda f: natural_sort_key(f.relative_to(p).as_posix()),
             )
             if not files:
                 raise InputError(f"no {' / '.join('*' + s for s in suffixes)} files under {given}")
+            if refuse_heldout_folders:
+                _check_no_heldout_folders(str(given), files, p)
             entries = [InputFile(str(f.resolve()), f"{p.resolve().name}/{f.relative_to(p).as_posix()}") for f in files]
         else:
             if not has_input_suffix(p.name, suffixes):
@@ -132,7 +180,7 @@ def find_input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...] = IN
 
 
 # --------------------------------------------------------------------------------------------------
-# Lines of a file (plain or zstd), with truncation detection
+# Lines of a file (plain or zstd), with damage detection
 # --------------------------------------------------------------------------------------------------
 
 
@@ -155,25 +203,29 @@ def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield n, line.rstrip(b"\n")
 
 
-def _zstd_chunks(path: str, read_size: int = 1 << 20) -> Iterator[bytes]:
+def _zstd_chunks(path: str, read_size: int = 1 << 20, piece_size: int = ZSTD_PIECE_SIZE) -> Iterator[bytes]:
     # stream_reader() silently returns EOF on a truncated frame, so decode frame by frame with
-    # decompressobj() and check that the last frame reached its end.
+    # decompressobj() and check that the last frame reached its end. The decoder gets small pieces: what
+    # it decoded before an error is only ours if the call that raised did not also produce it.
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
     mid_frame = False
     with open(path, "rb") as f:
-        while raw := f.read(read_size):
-            while raw:
-                if frame.eof:  # SlimPajama files are one frame, but concatenated frames are valid zstd
-                    frame = decompressor.decompressobj()
-                try:
-                    out = frame.decompress(raw)
-                except zstandard.ZstdError as e:
-                    raise DamagedStream("corrupt_zst", str(e), 0, b"") from None
-                mid_frame = not frame.eof
-                if out:
-                    yield out
-                raw = frame.unused_data if frame.eof else b""
+        while data := f.read(read_size):
+            view = memoryview(data)
+            for start in range(0, len(view), piece_size):
+                raw = view[start : start + piece_size]
+                while raw:
+                    if frame.eof:  # SlimPajama files are one frame, but concatenated frames are valid zstd
+                        frame = decompressor.decompressobj()
+                    try:
+                        out = frame.decompress(raw)
+                    except zstandard.ZstdError as e:
+                        raise DamagedStream("corrupt_zst", str(e), 0, b"") from None
+                    mid_frame = not frame.eof
+                    if out:
+                        yield out
+                    raw = frame.unused_data if frame.eof else b""
     if mid_frame:
         raise DamagedStream("truncated_zst", "the compressed stream ends mid-frame", 0, b"")
 
@@ -200,14 +252,50 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Documents
+# Records and documents
 # --------------------------------------------------------------------------------------------------
+
+
+def parse_record(raw: bytes, source: str, line: int):
+    """The JSON value of one line, or a ``BadLine`` saying why there is none."""
+    if not raw.strip():
+        return BadLine("blank_line", source, line)
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadLine("invalid_utf8", source, line, f"byte {e.start}: {e.reason}")
+    try:
+        return json.loads(decoded)
+    except json.JSONDecodeError as e:
+        return BadLine("malformed_json", source, line, f"{e.msg} at column {e.colno}")
+
+
+def iter_file_records(input_file: InputFile) -> Iterator[tuple[int, object]]:
+    """(line, parsed JSON value or ``BadLine``) for every line of one local file, in order; a 0-byte file
+    and the damage of a ``.zst`` come as a ``BadLine`` too."""
+    if os.path.getsize(input_file.path) == 0:
+        yield 0, BadLine("empty_file", input_file.key, 0, "the file is empty (0 bytes)")
+        return
+    try:
+        for line, raw in iter_lines(input_file.path):
+            yield line, parse_record(raw, input_file.key, line)
+    except DamagedStream as e:
+        # The incomplete last line may still be a whole record (damage right after it): keep it if so,
+        # but do not also count it as malformed JSON; the damage is reported once, by its own reason.
+        if e.tail.strip():
+            tail = parse_record(e.tail, input_file.key, e.line)
+            if not isinstance(tail, BadLine):
+                yield e.line, tail
+        yield e.line, BadLine(e.reason, input_file.key, e.line, f"{e.detail}; {e.line - 1} complete lines read")
 
 
 def document_from_record(
     record, source: str, line: int, log: InputLog, set_names: frozenset[str] | None
 ) -> Document | None:
     """Validate one parsed record; None (and counted in ``log``) if it is not a usable document."""
+    if isinstance(record, BadLine):
+        record.log_to(log)
+        return None
     if not isinstance(record, dict):
         log.skip("malformed_json", source, line, f"a JSON {type(record).__name__}, not an object")
         return None
@@ -232,50 +320,70 @@ def document_from_record(
 
 
 def parse_line(raw: bytes, source: str, line: int, log: InputLog, set_names: frozenset[str] | None) -> Document | None:
-    if not raw.strip():
-        log.skip("blank_line", source, line)
-        return None
-    try:
-        decoded = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        log.skip("invalid_utf8", source, line, f"byte {e.start}: {e.reason}")
-        return None
-    try:
-        record = json.loads(decoded)
-    except json.JSONDecodeError as e:
-        log.skip("malformed_json", source, line, f"{e.msg} at column {e.colno}")
-        return None
-    return document_from_record(record, source, line, log, set_names)
+    return document_from_record(parse_record(raw, source, line), source, line, log, set_names)
 
 
 def iter_file_documents(
     input_file: InputFile, log: InputLog, set_names: frozenset[str] | None = None
 ) -> Iterator[Document]:
     """Valid documents of one local file, in line order; everything else is counted in ``log``."""
-    try:
-        for line, raw in iter_lines(input_file.path):
-            doc = parse_line(raw, input_file.key, line, log, set_names)
-            if doc is not None:
-                yield doc
-    except DamagedStream as e:
-        # The incomplete last line may still be a whole record (damage right after it): keep it if so,
-        # but do not also count it as malformed JSON; the damage is reported once, by its own reason.
-        if e.tail.strip():
-            doc = parse_line(e.tail, input_file.key, e.line, InputLog(), set_names)
-            if doc is not None:
-                yield doc
-        log.skip(e.reason, input_file.key, e.line, f"{e.detail}; {e.line - 1} complete lines read")
+    for line, record in iter_file_records(input_file):
+        doc = document_from_record(record, input_file.key, line, log, set_names)
+        if doc is not None:
+            yield doc
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub streams
+# --------------------------------------------------------------------------------------------------
+
+# The fingerprint tag of hub jobs whose records come from iter_json_records (one record per line, bad
+# lines included), not from the datasets library (which drops blank lines and stops at a malformed one).
+LINE_READER = "data_prep-lines"
 
 
 def hub_source_name(name: str, split: str, config: str | None = None) -> str:
     return f"hf:{name}" + (f"/{config}" if config else "") + f":{split}"
 
 
+def hub_reader(name: str, split: str, data_files: list[str] | None) -> str | None:
+    """``LINE_READER`` when the hub source is the ``json`` builder on local .jsonl/.jsonl.zst files (read
+    here, bad lines counted), else None (the datasets library streams it)."""
+    if name != "json" or split != "train" or not data_files:
+        return None
+    if all(has_input_suffix(f) and Path(f).is_file() for f in data_files):
+        return LINE_READER
+    return None
+
+
+def iter_json_records(data_files: list[str]) -> Iterator[object]:
+    """One item per line of the files, in order: the parsed JSON value, or a ``BadLine`` (which keeps its
+    file and line for the report)."""
+    for input_file in find_input_files(data_files):
+        for _, record in iter_file_records(input_file):
+            yield record
+
+
 def iter_hub_records(
     name: str, split: str, config: str | None = None, data_files: list[str] | None = None
-) -> Iterator[dict]:
-    """Raw records of a Hugging Face ``datasets`` source, streamed (nothing is downloaded up front)."""
+) -> Iterator[object]:
+    """Raw records of a Hugging Face ``datasets`` source, streamed (nothing is downloaded up front); the
+    ``json`` builder on local files is read line by line here (``hub_reader``)."""
+    if hub_reader(name, split, data_files) == LINE_READER:
+        yield from iter_json_records(data_files)
+        return
     import datasets  # imported here: slow to import, and only the hub path needs it
 
-    stream = datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=True)
-    yield from stream
+    source = hub_source_name(name, split, config)
+    count = 0
+    try:
+        for record in datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=True):
+            count += 1
+            yield record
+    except Exception as e:  # noqa: BLE001  (datasets/pyarrow/network errors have no common base class)
+        # A stream cannot skip a bad record and go on; stop with a message instead of a pyarrow traceback.
+        raise InputError(
+            f"{source}: the datasets stream failed after record {count}: {type(e).__name__}: {e}. "
+            "Shards finished so far are kept (a rerun resumes). Local .jsonl/.jsonl.zst files are read "
+            "line by line, counting bad lines, with --input or --hf-dataset json --hf-data-files"
+        ) from None

@@ -5,6 +5,10 @@ records), never by which worker runs it or when, so the output is byte-identical
 Each job writes its shard(s) to temp files, renames them into place, and only then writes its record
 ``progress/<job>.json`` (counts + a fingerprint of its inputs and settings). A rerun skips a job whose
 record exists, matches, and whose files have the recorded sizes; anything else is redone from scratch.
+
+A job with no documents writes no files (a 0-byte ``.bin`` cannot be mmapped by Megatron-LM or gpt-neox);
+its record says so. A job whose settings match but whose input files changed since (size, or content
+when the modification time moved) is an ``InputsChanged`` error, or is redone with ``redo_changed``.
 """
 
 from __future__ import annotations
@@ -47,21 +51,28 @@ class ShardJob:
     first_record: int = 0  # ... starting at this 0-based record number ...
     records: list[dict] | None = None  # ... carried in the job (None when the job is already done)
     records_per_job: int = 0
+    hub_reader: str | None = None  # readers.LINE_READER when data_prep reads the hub source's lines itself
     heldout_name: str | None = None  # "val_00003": where held-out documents of a train job go
 
     def output_names(self) -> list[str]:
         return [self.name] + ([self.heldout_name] if self.heldout_name else [])
 
     def fingerprint(self, settings: PrepSettings) -> str:
-        """Hash of everything that decides this job's output bytes."""
-        inputs = {
-            "files": [(f.key, os.path.getsize(f.path)) for f in self.files],
-            "hub": [self.hub_source, self.first_record, self.records_per_job] if self.hub_source else None,
-        }
+        """Hash of everything that decides this job's output bytes (input file names and sizes included)."""
+        return self._hash(settings, [(f.key, os.path.getsize(f.path)) for f in self.files])
+
+    def settings_fingerprint(self, settings: PrepSettings) -> str:
+        """The same, less the input files: equal when only the files changed (e.g. re-downloaded)."""
+        return self._hash(settings, None)
+
+    def _hash(self, settings: PrepSettings, files: list | None) -> str:
+        hub = [self.hub_source, self.first_record, self.records_per_job] if self.hub_source else None
+        if hub and self.hub_reader:  # only then: keeps the fingerprints of earlier datasets-read hub jobs
+            hub.append(self.hub_reader)
         spec = {
             "name": self.name,
             "split": self.split,
-            "inputs": inputs,
+            "inputs": {"files": files, "hub": hub},
             "heldout": [self.heldout_name, settings.validation_fraction, settings.split_seed],
             "tokenizer_sha256": settings.tokenizer.sha256,
             "eod_id": settings.tokenizer.eod_id,
@@ -75,6 +86,20 @@ class OutputConflict(Exception):
     """The output folder holds a finished shard made from other inputs or settings."""
 
 
+class InputsChanged(OutputConflict):
+    """Finished shards were made from input files that changed since (same settings)."""
+
+    def __init__(self, output_dir: str, changes: dict[str, list[str]]):
+        shown = [f"{job}: {', '.join(files)}" for job, files in list(changes.items())[:10]]
+        more = f"\n  ... and {len(changes) - 10} more job(s)" if len(changes) > 10 else ""
+        super().__init__(
+            f"{output_dir}: {len(changes)} finished shard(s) were made from input files that changed since "
+            f"(e.g. re-downloaded):\n  " + "\n  ".join(shown) + more + "\nRerun with --redo-changed to "
+            "re-tokenize just those jobs (or --overwrite to redo everything)"
+        )
+        self.changes = changes
+
+
 # --------------------------------------------------------------------------------------------------
 # Progress records (the "done" markers)
 # --------------------------------------------------------------------------------------------------
@@ -84,8 +109,10 @@ def progress_path(settings: PrepSettings, job_name: str) -> Path:
     return Path(settings.output_dir) / PROGRESS_DIR / f"{job_name}.json"
 
 
-def read_finished(job: ShardJob, settings: PrepSettings) -> dict | None:
-    """The job's record if it finished under the same inputs and settings and its files are intact."""
+def read_finished(job: ShardJob, settings: PrepSettings, redo_changed: bool = False) -> dict | None:
+    """The job's record if it finished under the same inputs and settings and its files are intact;
+    None if it has to be (re)done. Other settings: ``OutputConflict``. Changed input files:
+    ``InputsChanged``, or (``redo_changed``) its record is removed and None returned."""
     path = progress_path(settings, job.name)
     if not path.is_file():
         return None
@@ -93,18 +120,63 @@ def read_finished(job: ShardJob, settings: PrepSettings) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a damaged record: redo the job
-    if record.get("fingerprint") != job.fingerprint(settings):
-        raise OutputConflict(
-            f"{settings.output_dir} already holds shard {job.name} made from other inputs or settings "
-            f"(see {path}); use a new --output-dir, or --overwrite to replace everything there"
-        )
+    changed = changed_inputs(job, settings, record)
+    if changed:
+        if not redo_changed:
+            raise InputsChanged(settings.output_dir, {job.name: changed})
+        path.unlink()  # a crash while redoing must not leave the old record next to new files
+        return None
     itemsize = np.dtype(settings.tokenizer.dtype).itemsize
     for out in record["outputs"]:
+        if out["num_documents"] == 0:
+            continue  # an empty shard has no files
         prefix = Path(settings.output_dir) / out["name"]
         bin_file, idx_file = Path(data_path(prefix)), Path(index_path(prefix))
         if not (idx_file.is_file() and bin_file.is_file()) or bin_file.stat().st_size != out["num_tokens"] * itemsize:
             return None  # a file went missing or is damaged: redo the job
     return record
+
+
+def changed_inputs(job: ShardJob, settings: PrepSettings, record: dict) -> list[str]:
+    """The input files of ``job`` that differ from those its record was made from ([] if none). Raises
+    ``OutputConflict`` if the record was made with other settings."""
+    if record.get("fingerprint") != job.fingerprint(settings):
+        if record.get("settings_fingerprint") != job.settings_fingerprint(settings):
+            raise OutputConflict(
+                f"{settings.output_dir} already holds shard {job.name} made from other inputs or settings "
+                f"(see {progress_path(settings, job.name)}); use a new --output-dir, or --overwrite to replace "
+                "everything there"
+            )
+        recorded = {f["key"] for f in record["input_files"]}
+        now = {f.key for f in job.files}
+        sizes = {f["key"]: f["size"] for f in record["input_files"]}
+        return sorted((recorded ^ now) | {f.key for f in job.files if sizes.get(f.key, -1) != os.path.getsize(f.path)})
+    # Same names and sizes: the content may still differ (a re-downloaded file with a fixed bit flip).
+    # Hash only files whose modification time moved; records of older versions have no hashes.
+    by_key = {f["key"]: f for f in record.get("input_files", [])}
+    changed = []
+    for f in job.files:
+        before = by_key.get(f.key)
+        if before and os.stat(f.path).st_mtime_ns != before["mtime_ns"] and file_sha256(f.path) != before["sha256"]:
+            changed.append(f.key)
+    return changed
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_input_files(files: list[InputFile]) -> list[dict]:
+    """What a job's record keeps of its input files, to tell later whether they changed."""
+    described = []
+    for f in files:
+        stat = os.stat(f.path)
+        described.append({"key": f.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(f.path)})
+    return described
 
 
 def _write_record(path: Path, record: dict) -> None:
@@ -166,6 +238,7 @@ def run_job(job: ShardJob, settings: PrepSettings, report: Callable[[int, int], 
         if report is not None:
             report(len(batch), tokens)
 
+    input_files = describe_input_files(job.files)  # before reading: a file replaced meanwhile looks changed
     try:
         for source in [f.key for f in job.files] or [job.hub_source]:
             sources[source] = Counter()  # every input is listed, even one with no valid document
@@ -184,11 +257,16 @@ def run_job(job: ShardJob, settings: PrepSettings, report: Callable[[int, int], 
             writer.abort()
         raise
     for writer in writers.values():
-        writer.commit()
+        if writer.num_documents:
+            writer.commit()
+        else:
+            writer.discard()  # no 0-byte .bin: Megatron-LM and gpt-neox cannot mmap one
 
     record = {
         "job": job.name,
         "fingerprint": job.fingerprint(settings),
+        "settings_fingerprint": job.settings_fingerprint(settings),
+        "input_files": input_files,
         "outputs": [
             {
                 "name": name,

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from data_prep.pipeline import PrepOptions, prepare
+from data_prep.pipeline import PrepOptions, WorkerDied, prepare
 from data_prep.readers import InputError
 from data_prep.shard_jobs import OutputConflict
 from data_prep.tokenizer_info import DEFAULT_EOD_TOKEN, TokenizerError
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "so ~170M tokens per shard)")
     out.add_argument("--records-per-shard", type=int, default=100_000, help="hub records per output shard")
     out.add_argument("--overwrite", action="store_true", help="discard earlier output in --output-dir and redo all")
+    out.add_argument("--redo-changed", action="store_true",
+                     help="re-tokenize the finished shards whose input files changed since (e.g. re-downloaded); "
+                          "without it such shards stop the run with an error that names them")
 
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (one shard each)")
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         records_per_shard=args.records_per_shard,
         workers=args.workers,
         overwrite=args.overwrite,
+        redo_changed=args.redo_changed,
         progress=not args.no_progress,
     )
     try:
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, TokenizerError, OutputConflict) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerDied as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(result.summary())
     print(f"manifest: {os.path.join(args.output_dir, 'manifest.json')}")
     return 0

@@ -232,11 +232,13 @@ def test_shards_hold_exactly_the_tokenized_documents(corpus, tokenizer_path, tmp
     key = sorted_keys(expected, "train")[0]
     assert manifest["sources"][key]["documents"] == len(expected[key])
     assert manifest["sources"][key]["tokens"] == sum(map(len, encode(tokenizer_path, [t for _, t, _ in expected[key]])))
-    by_set = {}
-    for k, docs in expected.items():
-        for _, t, s in docs:
-            by_set[s] = by_set.get(s, 0) + 1
-    assert {k: v["documents"] for k, v in manifest["set_names"].items()} == by_set
+    # set-name counts per split: validation documents are not counted as train documents
+    for split, folder in (("train", "train"), ("val", "validation")):
+        by_set = {}
+        for k in sorted_keys(expected, folder):
+            for _, t, s in expected[k]:
+                by_set[s] = by_set.get(s, 0) + 1
+        assert {k: v["documents"] for k, v in manifest["set_names"][split].items()} == by_set
     tok = manifest["tokenizer"]
     assert tok["vocab_size"] == Tokenizer.from_file(str(tokenizer_path)).get_vocab_size() and tok["eod_id"] == 0
     assert manifest["dtype"] == "uint16"
@@ -320,7 +322,7 @@ def test_set_name_filter(corpus, tokenizer_path, tmp_path):
     assert shard_docs(tmp_path, manifest, "train") == encode(tokenizer_path, kept)
     total = sum(len(expected[k]) for k in keys)
     assert manifest["bad_input"]["filtered_documents"] == total - len(kept)
-    assert list(manifest["set_names"]) == ["RedPajamaGithub"]
+    assert list(manifest["set_names"]["train"]) == ["RedPajamaGithub"] and manifest["set_names"]["val"] == {}
 
 
 # --------------------------------------------------------------------------------------------------
