@@ -82,18 +82,22 @@ def mlstm_chunkwise(
     log_floor = torch.where(has_reset, log_g, float("-inf"))
 
     # ---- 2. inter-chunk recurrence (sequential over chunks, state-sized work only) ---------------
+    # Chunks are taken with unbind, not C_chunk[:, :, c]: the backward of an indexing op fills a
+    # full-size zero tensor per chunk (O(NC^2) work); unbind's backward stacks the NC gradients once.
     C, n, m = C0, n0, m0[..., 0]
     C_before, n_before, m_before = [], [], []
-    for c in range(NC):
+    per_chunk = zip(C_chunk.unbind(2), n_chunk.unbind(2), log_carry.unbind(-1), log_floor.unbind(-1),
+                    log_a_max.unbind(-1))
+    for C_c, n_c, carry_c, floor_c, a_max_c in per_chunk:
         C_before.append(C)
         n_before.append(n)
         m_before.append(m)
-        decay = log_carry[..., c] + m
-        m_new = torch.maximum(torch.maximum(decay, log_floor[..., c].expand_as(m)), log_a_max[..., c])
+        decay = carry_c + m
+        m_new = torch.maximum(torch.maximum(decay, floor_c.expand_as(m)), a_max_c)
         w_old = torch.exp(decay - m_new)
-        w_new = torch.exp(log_a_max[..., c] - m_new)
-        C = w_old[..., None, None] * C + w_new[..., None, None] * C_chunk[:, :, c]
-        n = w_old[..., None] * n + w_new[..., None] * n_chunk[:, :, c]
+        w_new = torch.exp(a_max_c - m_new)
+        C = w_old[..., None, None] * C + w_new[..., None, None] * C_c
+        n = w_old[..., None] * n + w_new[..., None] * n_c
         m = m_new
     C_b = torch.stack(C_before, 2)  # (B, NH, NC, DHQK, DHV): state before each chunk
     n_b = torch.stack(n_before, 2)

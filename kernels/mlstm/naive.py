@@ -146,12 +146,13 @@ def mlstm_recurrent(
     DHV = v.shape[-1]
     cdt = compute_dtype(q.dtype)
     state = zero_state(B, NH, DHQK, DHV, cdt, q.device) if initial_state is None else tuple(s.to(cdt) for s in initial_state)
+    # unbind rather than x[:, :, t]: an indexing op's backward fills a full-size zero tensor per step.
+    keeps = [None] * S if reset is None else (~reset).to(cdt)[:, :, None].unbind(1)  # (B, 1): 0 at a doc start
     hs = []
-    for t in range(S):
-        if reset is not None:
-            keep = (~reset[:, t]).to(cdt)[:, None]  # (B, 1): 0 where a document starts here
+    for q_t, k_t, v_t, i_t, f_t, keep in zip(q.unbind(2), k.unbind(2), v.unbind(2), i.unbind(2), f.unbind(2), keeps):
+        if keep is not None:
             state = (state[0] * keep[..., None, None], state[1] * keep[..., None], state[2] * keep[..., None])
-        h, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, eps)
+        h, state = mlstm_step(q_t, k_t, v_t, i_t, f_t, state, eps)
         hs.append(h)
     h = torch.stack(hs, dim=2)
     return (h, state) if return_final_state else h

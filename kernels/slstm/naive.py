@@ -60,12 +60,14 @@ def slstm_recurrent(wx, R, b, initial_state: SLSTMState | None = None, reset: to
         state = tuple(s.to(cdt) for s in initial_state)
         if any(tuple(s.shape) != (B, NH, DH) for s in state):
             raise ValueError(f"sLSTM: initial state tensors must be (B, NH, DH) = {(B, NH, DH)}")
+    # Steps are taken with unbind, not wx[:, t]: the backward of an indexing op fills a full-size
+    # zero tensor per step (O(S^2) work); unbind's backward stacks the S gradients once.
+    keeps = [None] * S if reset is None else (~reset).to(cdt)[:, :, None, None].unbind(1)
     ys = []
-    for t in range(S):
-        if reset is not None:
-            keep = (~reset[:, t]).to(cdt)[:, None, None]
+    for wx_t, keep in zip(wx.unbind(1), keeps):
+        if keep is not None:
             state = tuple(s * keep for s in state)
-        y, state = slstm_step(wx[:, t], R, b, state)
+        y, state = slstm_step(wx_t, R, b, state)
         ys.append(y)
     y = torch.stack(ys, dim=1).to(wx.dtype)  # (B, S, NH, DH)
     return (y, state) if return_final_state else y
