@@ -329,20 +329,56 @@ def test_bad_inputs_give_clear_errors(tmp_path, hf_folder):
     assert main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")]) == 2
 
 
+def output_cache(output):
+    """The cache of a transformers output, whichever field name this transformers version uses."""
+    return output["cache"] if "cache" in output.keys() else output["past_key_values"]
+
+
 def test_paper_remote_model_refuses_padding_and_continues_from_its_cache(exported):
-    """In-process checks of the remote code: the cache continues a sequence exactly; padding is refused."""
-    from transformers import AutoModelForCausalLM
+    """In-process checks of the remote code: the cache continues a sequence exactly, passed under any name
+    transformers has used for it; a cache of another type or under an unknown name, and padding, are refused."""
+    from transformers import AutoModelForCausalLM, DynamicCache
 
     hf = AutoModelForCausalLM.from_pretrained(exported["cases"]["paper_random"]["hf"], trust_remote_code=True).eval()
     ids = exported["inputs"]["ids"]
     with torch.no_grad():
         full = hf(ids).logits
-        first = hf(ids[:, :20], use_cache=True)
-        rest = hf(ids[:, 20:], past_key_values=first.past_key_values).logits
-        assert first.past_key_values.get_seq_length() == ids.shape[1]
-        torch.testing.assert_close(torch.cat([first.logits, rest], 1), full, atol=1e-5, rtol=0)
+        for name in ("cache", "past_key_values", "cache_params"):
+            first = hf(ids[:, :20], use_cache=True)
+            rest = hf(ids[:, 20:], **{name: output_cache(first)}).logits
+            assert output_cache(first).get_seq_length() == ids.shape[1]
+            torch.testing.assert_close(torch.cat([first.logits, rest], 1), full, atol=1e-5, rtol=0, msg=name)
+        cache = output_cache(hf(ids[:, :20], use_cache=True))
+        with pytest.raises(TypeError, match="`cache` must be an xLSTMPaperCache .*got DynamicCache"):
+            hf(ids, cache=DynamicCache())
+        with pytest.raises(ValueError, match="several names"):
+            hf(ids, cache=cache, past_key_values=cache)
+        with pytest.raises(TypeError, match="unknown argument 'state'"):
+            hf(ids, state=cache)
         with pytest.raises(ValueError, match="padded"):
             hf(ids, attention_mask=torch.ones_like(ids).index_fill_(1, torch.tensor([0]), 0))
+
+
+@pytest.mark.parametrize("name", ["paper_random", "paper_trained_tied"])
+def test_paper_remote_model_generates_our_tokens_through_transformers_defaults(exported, name):
+    """transformers' own generate with default arguments (it creates the cache and hands it over under its
+    current name) and the text-generation pipeline give our generator's greedy tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    case = exported["cases"][name]
+    hf = AutoModelForCausalLM.from_pretrained(case["hf"], trust_remote_code=True).eval()
+    tokens = hf.generate(exported["inputs"]["prompt"], max_new_tokens=NEW_TOKENS, do_sample=False)
+    assert torch.equal(tokens, case["tokens"])
+
+    tokenizer = AutoTokenizer.from_pretrained(case["hf"])
+    text = "the quick brown fox"
+    prompt = torch.tensor([tokenizer(text)["input_ids"]])
+    ours = generate(case["model"], prompt, NEW_TOKENS, eos_token_id=tokenizer.eos_token_id)
+    generated = pipeline("text-generation", model=hf, tokenizer=tokenizer)(
+        text, max_new_tokens=NEW_TOKENS, do_sample=False, return_tensors=True)
+    assert generated[0]["generated_token_ids"] == ours[0].tolist()
+    # opted out of transformers' DynamicCache by declaration, not by the "xlstm" in the class name
+    assert type("PaperLM", (type(hf),), {})._supports_default_dynamic_cache() is False
 
 
 def test_export_from_a_training_run_dir(exported, tmp_path):

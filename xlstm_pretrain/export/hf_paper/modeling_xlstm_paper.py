@@ -9,17 +9,22 @@ then the transformers model classes.
                  x_m, z = proj_up(LN(x));  x_c = SiLU(conv(x_m));  q, k from x_c, v from x_m (headwise)
     sLSTM block: x + MHNorm(sLSTM(LN(x))), then x + GeLU-gated FFN(LN(x))
 
-Generation is recurrent: ``past_key_values`` is an ``xLSTMPaperCache`` holding each block's conv and
-cell state, so a decoding step costs the same at any position. Padding (an attention mask with zeros)
+Generation is recurrent: the cache is an ``xLSTMPaperCache`` holding each block's conv and cell state,
+so a decoding step costs the same at any position. transformers has renamed the cache argument over
+time (``past_key_values`` until 5.23, ``cache`` from 5.24, ``cache_params`` for recurrent models), so
+``forward`` takes it under any of these names, and refuses a cache of another type or under a name it
+does not know rather than silently starting from an empty state. Padding (an attention mask with zeros)
 is not supported: a recurrent state cannot skip pad tokens, so the model refuses such masks.
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_xlstm_paper import xLSTMPaperConfig
@@ -306,6 +311,38 @@ class xLSTMPaperCache:
         self.states = [{"conv": pick(s["conv"]), "cell": tuple(pick(t) for t in s["cell"])} for s in self.states]
 
 
+def pick_cache(cache, past_key_values, cache_params, other_kwargs):
+    """The cache passed under whichever name the caller used (None when there is none), type-checked.
+
+    A cache that went unnoticed would make every decoding step start from an empty state: generation
+    would still run but repeat tokens. So every mistake here is an error.
+    """
+    given = {name: value for name, value in
+             (("cache", cache), ("past_key_values", past_key_values), ("cache_params", cache_params))
+             if value is not None}
+    if len(given) > 1:
+        raise ValueError(f"the cache was passed under several names ({', '.join(given)}): pass it once")
+    for name, value in other_kwargs.items():  # a name a later transformers might adopt
+        if isinstance(value, (xLSTMPaperCache, Cache)):
+            raise TypeError(f"got a cache under the unknown argument {name!r}: pass it as `cache` "
+                            "(this model file does not know the name this transformers version uses)")
+    found = next(iter(given.items()), None)
+    if found is not None and not isinstance(found[1], xLSTMPaperCache):
+        raise TypeError(f"`{found[0]}` must be an xLSTMPaperCache (the recurrent state this model returns), "
+                        f"got {type(found[1]).__name__}")
+    return None if found is None else found[1]
+
+
+def cache_field(output_cls):
+    """The name of the cache field this transformers version declares on its output classes (``cache`` from
+    5.24, ``past_key_values`` before), which is where ``generate`` looks for the cache."""
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(output_cls)} else "past_key_values"
+
+
+def output_with_cache(output_cls, cache, **fields):
+    return output_cls(**fields, **{cache_field(output_cls): cache})
+
+
 # ---- transformers model classes -----------------------------------------------------------------
 
 
@@ -315,6 +352,14 @@ class xLSTMPaperPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["mLSTMBlock", "sLSTMBlock"]
     _is_stateful = True
     supports_gradient_checkpointing = False
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        # generate must not create a transformers DynamicCache for us: the model makes its own xLSTMPaperCache.
+        # transformers infers this from the class name (5.23, 5.24: no DynamicCache when it contains "xlstm")
+        # or from _is_stateful (5.2); declared here so that neither a renamed subclass nor a changed
+        # heuristic makes generate hand us a DynamicCache.
+        return False
 
     def _init_weights(self, module):
         # Only reached for weights missing from a checkpoint (exported folders hold every tensor).
@@ -339,8 +384,9 @@ class xLSTMPaperModel(xLSTMPaperPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embedding = value
 
-    def forward(self, input_ids=None, inputs_embeds=None, past_key_values=None, use_cache=None,
-                attention_mask=None, return_dict=None, **kwargs):
+    def forward(self, input_ids=None, inputs_embeds=None, cache=None, use_cache=None, attention_mask=None,
+                return_dict=None, past_key_values=None, cache_params=None, **kwargs):
+        cache = pick_cache(cache, past_key_values, cache_params, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -349,22 +395,17 @@ class xLSTMPaperModel(xLSTMPaperPreTrainedModel):
         x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
         B = x.shape[0]
-        states = (past_key_values.states if past_key_values is not None
-                  else [block.zero_state(B, x.device) for block in self.blocks])
+        states = cache.states if cache is not None else [block.zero_state(B, x.device) for block in self.blocks]
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block(x, state)
             new_states.append(state)
         x = self.out_norm(x)
-        cache = None
-        if use_cache or past_key_values is not None:
-            seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + x.shape[1]
-            if past_key_values is not None:  # update in place, as transformers caches do
-                past_key_values.states, past_key_values.seen_tokens = new_states, seen
-                cache = past_key_values
-            else:
-                cache = xLSTMPaperCache(new_states, seen)
-        out = BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache)
+        if cache is not None:  # update in place, as transformers caches do
+            cache.states, cache.seen_tokens = new_states, cache.seen_tokens + x.shape[1]
+        elif use_cache:
+            cache = xLSTMPaperCache(new_states, x.shape[1])
+        out = output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=x)
         return out if return_dict is None or return_dict else out.to_tuple()
 
 
@@ -389,14 +430,16 @@ class xLSTMPaperForCausalLM(xLSTMPaperPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids=None, inputs_embeds=None, past_key_values=None, use_cache=None,
-                attention_mask=None, labels=None, return_dict=None, **kwargs):
-        out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
-                            use_cache=use_cache, attention_mask=attention_mask, return_dict=True)
+    def forward(self, input_ids=None, inputs_embeds=None, cache=None, use_cache=None, attention_mask=None,
+                labels=None, return_dict=None, past_key_values=None, cache_params=None, **kwargs):
+        cache = pick_cache(cache, past_key_values, cache_params, kwargs)
+        out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+                            attention_mask=attention_mask, return_dict=True)
         logits = self.lm_head(out.last_hidden_state).float()
         loss = None
         if labels is not None:  # next-token loss, labels aligned with input_ids (-100 = ignore)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        result = output_with_cache(CausalLMOutputWithPast, getattr(out, cache_field(type(out))),
+                                   loss=loss, logits=logits)
         return result if return_dict is None or return_dict else result.to_tuple()
