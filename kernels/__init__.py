@@ -8,12 +8,25 @@ Every backend has the signatures of the pure-PyTorch references in ``mlstm/naive
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+
+import torch
 
 from .mlstm import MLSTMState, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_step, zero_state
 from .slstm import SLSTMState, slstm_recurrent, slstm_step, slstm_zero_state
 
 MLSTM_TORCH_FORMS = {"chunkwise": mlstm_chunkwise, "parallel": mlstm_parallel, "recurrent": mlstm_recurrent}
+
+
+def _without_autocast(device: torch.device):
+    """The torch cells compute in fp32 (fp64 for fp64 inputs) whatever the input dtype. Under an
+    autocast region their matmuls (q.C, q.n of the normaliser, y.R) would silently run in bf16/fp16
+    (relative error ~1e-2 instead of ~1e-6), so autocast is switched off inside the cell; its inputs
+    are upcast explicitly and its output keeps the input dtype."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
@@ -25,11 +38,14 @@ def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_
         form = "recurrent"
     if form == "chunkwise":
         kwargs["chunk_size"] = chunk_size
-    return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
+    with _without_autocast(q.device):
+        return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
 
 
 def _slstm_torch(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
-    return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset, return_final_state=return_final_state)
+    with _without_autocast(wx.device):
+        return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset,
+                               return_final_state=return_final_state)
 
 
 def _mlstm_triton(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
