@@ -51,7 +51,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
                                          load_full_state_dict, parallelize_model)
     from xlstm_pretrain.train import setup
     from xlstm_pretrain.train.evaluate import (evaluate, token_counts, unigram_cross_entropy, validation_slice,
-                                               validation_targets)
+                                               validation_targets, validation_windows)
 
     plain = resolve_checkpoint(checkpoint)
     # the training layout does not carry over: one process unless the overrides say otherwise
@@ -77,9 +77,8 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
     out = {"checkpoint": str(plain), "val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "tokens": tokens}
     if unigram:
         counts = sum(token_counts(s.stream, cfg.model.vocab_size) for s in build_train_dataset(cfg.data).sets)
-        n = (len(validation) if cfg.eval.samples == 0 else min(cfg.eval.samples, len(validation)))
-        per_rank = (n // state.dp) // micro * micro
-        out["unigram_loss"] = unigram_cross_entropy(counts, validation_targets(validation, range(per_rank * state.dp)))
+        windows = validation_windows(len(validation), cfg.eval.samples)  # the windows `evaluate` used
+        out["unigram_loss"] = unigram_cross_entropy(counts, validation_targets(validation, windows))
     return out
 
 

@@ -172,12 +172,21 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
+    """In-training validation (and the defaults of ``python -m xlstm_pretrain.evaluate``).
+
+    ``samples``: validation windows (of ``data.seq_len`` tokens) per evaluation, all ranks together; 0 or
+    more than the split has: the whole split. A subset is one window from each of ``samples`` equal strata
+    of the split, drawn with a fixed seed (``train.evaluate.validation_windows``): spread over every source
+    and document of the split, so the loss estimates the whole split's loss, and the same windows at every
+    evaluation and for every layout (DP/TP/CP sizes, micro-batch), resumed or not.
+    """
+
     interval: int = 1000  # also evaluate every this many steps (0: off)
     # evaluate when the cumulative training FLOPs cross 10^(k / per_decade) (a grid shared by all runs,
     # so that runs of different sizes are compared at the same compute); 0: off
     flop_milestones_per_decade: int = 4
     min_flops: float = 0.0  # no milestone evaluations below this many FLOPs
-    samples: int = 512  # validation sequences per evaluation (all ranks together; 0: the whole set)
+    samples: int = 512  # validation windows per evaluation, spread over the split (0: the whole split)
     micro_batch_size: int | None = None  # default: train.micro_batch_size
     at_end: bool = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,33 +25,70 @@ def crossed_milestone(flops_before: float, flops_after: float, per_decade: int, 
     return None
 
 
-def validation_slice(num_samples: int, requested: int, micro_batch: int, dp_size: int, dp_rank: int) -> range:
-    """This DP rank's contiguous share of the first ``requested`` validation samples (0 = all), trimmed to
-    whole micro-batches on every rank (ZeRO-3 needs every rank to run the same number of forwards)."""
-    n = num_samples if requested == 0 else min(requested, num_samples)
-    per_rank = (n // dp_size) // micro_batch * micro_batch
-    if per_rank == 0:
-        raise ValueError(f"the validation set has {num_samples} samples: too few for {dp_size} data-parallel ranks "
-                         f"x micro-batch {micro_batch}")
-    return range(dp_rank * per_rank, (dp_rank + 1) * per_rank)
+# The validation windows do not depend on the run: a fixed seed, never the training RNG, so every
+# evaluation of every run (any layout, resumed or not) sees the same tokens.
+VALIDATION_SEED = 20241201
+
+
+def validation_windows(num_samples: int, requested: int, seed: int = VALIDATION_SEED) -> list[int]:
+    """The global indices (sorted) of the windows one evaluation uses: all ``num_samples`` when
+    ``requested`` is 0 or at least ``num_samples``; otherwise ``requested`` windows spread over the whole
+    split: the split is cut into ``requested`` equal strata and one window is drawn (seeded) from each.
+
+    A validation split is several sources and documents one after another, so a contiguous prefix is a
+    few documents of one source and a biased estimate of the split's loss; one window per stratum
+    covers the split evenly, and the seeded draw avoids lining up with any periodic structure.
+    A pure function of its arguments: identical at every evaluation and for every layout.
+    """
+    if num_samples < 1:
+        raise ValueError("the validation set has no samples")
+    if requested == 0 or requested >= num_samples:
+        return list(range(num_samples))
+    edges = np.arange(requested + 1, dtype=np.int64) * num_samples // requested  # stratum k: [edges[k], edges[k+1])
+    offsets = np.random.default_rng(seed).random(requested)
+    return (edges[:-1] + (offsets * np.diff(edges)).astype(np.int64)).tolist()
+
+
+def validation_slice(num_samples: int, requested: int, micro_batch: int, dp_size: int,
+                     dp_rank: int) -> list[int | None]:
+    """This DP rank's contiguous share of ``validation_windows(num_samples, requested)``, padded with
+    ``None`` (a window that counts no tokens) so that every rank runs the same number of whole
+    micro-batches (ZeRO-3 needs every rank in every forward). The ranks' shares, in rank order, are the
+    windows exactly: no window is dropped or repeated whatever the DP size and micro-batch."""
+    windows = validation_windows(num_samples, requested)
+    per_rank = math.ceil(len(windows) / (dp_size * micro_batch)) * micro_batch
+    share = windows[dp_rank * per_rank: (dp_rank + 1) * per_rank]
+    return share + [None] * (per_rank - len(share))
+
+
+def _sample(dataset, index: int | None, fill: int) -> dict[str, np.ndarray]:
+    """``dataset[index]``, or for padding (``None``) window ``fill`` with every label ignored."""
+    if index is not None:
+        return dataset[index]
+    sample = dict(dataset[fill])
+    sample["labels"] = np.full_like(sample["labels"], -100)
+    return sample
 
 
 @torch.no_grad()
-def evaluate(model, dataset, indices: range, micro_batch: int, device, autocast, state) -> tuple[float, int]:
-    """Mean token loss over ``dataset[indices]`` on every DP rank together: (loss, target tokens)."""
+def evaluate(model, dataset, indices: Sequence[int | None], micro_batch: int, device, autocast,
+             state) -> tuple[float, int]:
+    """Mean token loss over ``dataset[indices]`` on every DP rank together: (loss, target tokens).
+    ``None`` entries (padding from ``validation_slice``) run a forward but count no tokens."""
     from xlstm_pretrain.data import collate_samples
     from xlstm_pretrain.parallel import lm_loss, shard_sequence
 
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for start in range(indices.start, indices.stop, micro_batch):
-        batch = shard_sequence(collate_samples([dataset[i] for i in range(start, min(start + micro_batch, indices.stop))]),
-                               state)
+    fill = next((i for i in indices if i is not None), 0)
+    for start in range(0, len(indices), micro_batch):
+        samples = [_sample(dataset, i, fill) for i in indices[start: start + micro_batch]]
+        batch = shard_sequence(collate_samples(samples), state)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         with autocast:
             logits = model(ids, doc_boundaries=batch["doc_boundaries"].to(device))
-        token_loss = lm_loss(model, logits, labels)
+        token_loss = lm_loss(model, logits, labels)  # 0 at ignored labels
         total[0] += token_loss.double().sum()
         total[1] += (labels != -100).sum()
     if state.dp * state.cp > 1:  # (every CP rank holds a slice of every sequence)
@@ -75,5 +113,6 @@ def unigram_cross_entropy(train_counts: np.ndarray, targets: np.ndarray) -> floa
     return float(-np.log(probs[targets]).mean())
 
 
-def validation_targets(dataset, indices: range) -> np.ndarray:
+def validation_targets(dataset, indices: Sequence[int]) -> np.ndarray:
+    """The target tokens of ``dataset[indices]`` (e.g. ``validation_windows(...)``), concatenated."""
     return np.concatenate([dataset[i]["labels"] for i in indices]).astype(np.int64)
