@@ -47,6 +47,7 @@ def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16, ba
     from xlstm_pretrain.data import build_train_dataset, build_validation_dataset, collate_samples
     from xlstm_pretrain.model import build_model
     from xlstm_pretrain.train import setup
+    from xlstm_pretrain.train.evaluate import validation_windows
 
     cfg = setup.load_run_config([], tiny_overrides(data, Path("unused")))
     torch.manual_seed(cfg.train.seed)
@@ -77,7 +78,7 @@ def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16, ba
         losses[step + 1] = loss.item()
     val = build_validation_dataset(cfg.data)
     with torch.no_grad():
-        b = collate_samples([val[i] for i in range(val_samples)])
+        b = collate_samples([val[i] for i in validation_windows(len(val), val_samples)])
         logits = model(b["input_ids"], doc_boundaries=b["doc_boundaries"])
         val_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"].flatten()).item()
     return dict(losses=losses, lrs=lrs, norms=norms, weights=model.state_dict(), val_loss=val_loss)
@@ -204,7 +205,7 @@ def test_run_outputs(data, straight):
     gates = rows[0]["gates"]
     assert set(gates) == {"0.mlstm", "1.slstm", "2.mlstm"}
     assert gates["0.mlstm"]["f"] == pytest.approx([3.0, 4.5, 6.0], abs=1e-4)
-    assert (run / "loss.svg").is_file() and json.loads((run / "summary.json").read_text())["step"] == 20
+    assert (run / "loss.png").is_file() and json.loads((run / "summary.json").read_text())["step"] == 20
     # the standalone evaluation of the consolidated weights, one process (TP=1), gives the logged loss
     proc = python_module("xlstm_pretrain.evaluate", ["--checkpoint", str(run), "--unigram-baseline"])
     assert proc.returncode == 0, output(proc)

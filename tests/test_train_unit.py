@@ -15,8 +15,8 @@ from xlstm_pretrain.train import setup
 from xlstm_pretrain.train.batch_schedule import BatchSchedule
 from xlstm_pretrain.train.checkpoint import LATEST, Checkpointer
 from xlstm_pretrain.train.config import OptimConfig, check_run
-from xlstm_pretrain.train.evaluate import crossed_milestone, unigram_cross_entropy, validation_slice
-from xlstm_pretrain.train.metrics import device_mfu, plot_metrics, training_flops_per_token
+from xlstm_pretrain.train.evaluate import crossed_milestone, unigram_cross_entropy
+from xlstm_pretrain.train.metrics import device_mfu, training_flops_per_token
 from xlstm_pretrain.train.optim import LRSchedule, decay_names, weight_decay_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_batch_size_rampup_schedule():
 def test_official_weight_decay_groups_paper_family():
     model = build_model(ModelConfig(vocab_size=64, embedding_dim=32, num_blocks=2, num_heads=4, slstm_at=[1]))
     decay, other = decay_names(model, OptimConfig())
-    # xlstm_reference.md §4.2: decay iff "weight" in the name and "norm" not, minus the token embedding
+    # xlstm_pretrain/REFERENCE.md §4.2: decay iff "weight" in the name and "norm" not, minus the token embedding
     for name in ("lm_head.weight", "blocks.0.mlstm.proj_up.weight", "blocks.0.mlstm.q_proj.weight",
                  "blocks.0.mlstm.conv.weight", "blocks.0.mlstm.igate.weight", "blocks.0.mlstm.proj_down.weight",
                  "blocks.1.slstm.fgate.weight", "blocks.1.ffn.proj_up.weight", "blocks.1.ffn.proj_down.weight"):
@@ -145,13 +145,6 @@ def test_flop_milestones_are_a_shared_log_grid():
     # steps of equal FLOPs: evaluations thin out logarithmically
     steps = [s for s in range(1, 10001) if crossed_milestone((s - 1) * 1e9, s * 1e9, 4)]
     assert steps[:4] == [1, 2, 4, 6] and len(steps) == 17
-
-
-def test_validation_slices_are_equal_and_disjoint():
-    parts = [validation_slice(100, 50, micro_batch=4, dp_size=3, dp_rank=r) for r in range(3)]
-    assert [len(p) for p in parts] == [16, 16, 16] and parts[1].start == parts[0].stop
-    with pytest.raises(ValueError, match="too few"):
-        validation_slice(5, 0, micro_batch=4, dp_size=2, dp_rank=0)
 
 
 def test_unigram_baseline():
@@ -285,14 +278,6 @@ def test_latest_only_names_complete_checkpoints(tmp_path):
         ck.find(str(root / ".tmp-step_00000020"))
     ck.clean_stale(10)
     assert sorted(p.name for p in root.iterdir()) == [LATEST, "step_00000010"]
-
-
-def test_loss_plot(tmp_path):
-    rows = [{"kind": "train", "step": s, "tokens": 100 * s, "loss": 5 - s / 10} for s in range(1, 11)]
-    rows.append({"kind": "val", "step": 10, "tokens": 1000, "val_loss": 4.2})
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    svg = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "loss.svg").read_text()
-    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "val loss" in svg
 
 
 # ---- model setup: init_from, activation checkpointing, resume compatibility -----------------------

@@ -223,39 +223,57 @@ class Window:
 # ---- plots --------------------------------------------------------------------------------------
 
 
+def read_metrics(metrics_file: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+
+
+def _finite_points(rows: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
+    """(tokens, value) of the ``kind`` rows whose ``key`` is a finite number (non-finite values are logged as null)."""
+    points = [(r["tokens"], r[key]) for r in rows
+              if r["kind"] == kind and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def _flops_per_token(rows: list[dict]) -> float | None:
+    """Training FLOPs per token of the run (constant: it depends only on the model and seq_len), if logged."""
+    for r in reversed(rows):
+        if r.get("flops") and r.get("tokens"):
+            return r["flops"] / r["tokens"]
+    return None
+
+
+def loss_figure(rows: list[dict], title: str = ""):
+    """Train loss (line) and validation loss (marked points) against training tokens, with the matching
+    training FLOPs on a second x axis. A matplotlib ``Figure`` on the Agg canvas (no display, no pyplot
+    state); the train line is labelled "train loss", the validation one "validation loss"."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(8, 5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    train_x, train_y = _finite_points(rows, "train", "loss")
+    val_x, val_y = _finite_points(rows, "val", "val_loss")
+    ax.plot(train_x, train_y, color="tab:blue", lw=1.0, alpha=0.8, label="train loss")
+    ax.plot(val_x, val_y, color="tab:red", lw=1.2, marker="o", ms=5, label="validation loss")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats per token)")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500k, 2M, 15G tokens
+    ax.grid(alpha=0.3)
+    ax.legend()
+    per_token = _flops_per_token(rows)
+    if per_token:  # the milestone grid is in FLOPs: show where the points lie on it
+        top = ax.secondary_xaxis("top", functions=(lambda t: t * per_token, lambda f: f / per_token))
+        top.set_xlabel("training FLOPs")
+        top.xaxis.set_major_formatter(EngFormatter(sep=""))
+    if title:
+        ax.set_title(title)
+    return fig
+
+
 def plot_metrics(metrics_file: str | Path, out: str | Path) -> Path:
-    """Train and validation loss against tokens, as a small dependency-free SVG."""
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    series = {"train loss": [(r["tokens"], r["loss"]) for r in rows if r["kind"] == "train"],
-              "val loss": [(r["tokens"], r["val_loss"]) for r in rows if r["kind"] == "val"]}
-    points = [p for s in series.values() for p in s if math.isfinite(p[1])]
-    W, H, pad = 640, 400, 50
-    if not points:
-        points = [(0, 0.0), (1, 1.0)]
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points) or 1
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def xy(p):
-        return pad + (p[0] - x0) / (x1 - x0) * (W - 2 * pad), H - pad - (p[1] - y0) / (y1 - y0) * (H - 2 * pad)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{W}" height="{H}" fill="white"/>',
-             f'<line x1="{pad}" y1="{H - pad}" x2="{W - pad}" y2="{H - pad}" stroke="black"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{H - pad}" stroke="black"/>',
-             f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">tokens ({x0:,} to {x1:,})</text>',
-             f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" text-anchor="middle">loss (nats)</text>',
-             f'<text x="{pad - 4}" y="{H - pad}" text-anchor="end">{y0:.2f}</text>',
-             f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">{y1:.2f}</text>']
-    for (name, pts), color, y_legend in zip(series.items(), ("#1f77b4", "#d62728"), (pad, pad + 16)):
-        pts = [p for p in pts if math.isfinite(p[1])]
-        if pts:
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, pts))
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
-            if name == "val loss":
-                parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in map(xy, pts)]
-        parts.append(f'<text x="{W - pad - 90}" y="{y_legend + 12}" fill="{color}">{name}</text>')
-    parts.append("</svg>")
-    out = Path(out)
-    out.write_text("\n".join(parts) + "\n")
+    """Write ``loss_figure`` of a run's ``metrics.jsonl`` to ``out`` (PNG), titled with the run dir's name."""
+    metrics_file, out = Path(metrics_file), Path(out)
+    loss_figure(read_metrics(metrics_file), title=metrics_file.resolve().parent.name).savefig(out, format="png")
     return out

@@ -240,7 +240,7 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
     if last["ckpt_step"] is not None:
         summary["checkpoint"] = str(checkpointer.root / f"step_{last['ckpt_step']:08d}")
     if rt.is_main and (run_dir / "metrics.jsonl").is_file():
-        summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.svg"))
+        summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png"))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.close()
     logger.print(f"done: {json.dumps(summary)}")
