@@ -3,6 +3,7 @@ bookkeeping, MFU, the generated DeepSpeed config."""
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -177,7 +178,19 @@ def test_config_families_present():
         for size in ("125m", "350m", "760m", "1_3b"):
             assert {f"xlstm_{kind}_{size}_15b", f"xlstm_{kind}_{size}_300b"} <= names
     assert {"xlstm_1_0_2_7b_15b", "xlstm_large_7b"} <= names
-    assert len(LAYOUTS) >= 5
+
+
+# a layout file is named after what it sets: dp | tp<N>, optional _sp (sequence parallel), _zero<stage>
+LAYOUT_NAME = re.compile(r"(?:dp|tp(?P<tp>\d+))(?P<sp>_sp)?_zero(?P<zero>[123])")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda p: p.stem)
+def test_layouts_set_what_their_names_say(layout):
+    name = LAYOUT_NAME.fullmatch(layout.stem)
+    assert name, f"{layout.name}: layout names say dp|tp<N>[_sp]_zero<stage>"
+    cfg = setup.load_run_config([RUN_CONFIGS[0], layout])
+    assert (cfg.parallel.tensor_parallel, cfg.parallel.sequence_parallel, cfg.train.zero_stage) == (
+        int(name["tp"] or 1), bool(name["sp"]), int(name["zero"]))
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
