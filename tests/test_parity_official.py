@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from xlstm_pretrain.model import build_model
-from xlstm_pretrain.model.importers import (config_from_official_paper, from_hf_model, from_official_paper_model,
-                                            import_large_state_dict)
+from xlstm_pretrain.model.importers import (config_from_hf, config_from_official_paper, from_hf_model,
+                                            from_official_paper_model, import_large_state_dict,
+                                            import_official_paper_state_dict)
+
+# per tensor: ||g_ours - g_ref|| / ||g_ref||. fp32 rounding gives at most ~5e-5 (the large family's input-gate
+# bias, whose gradient is tiny at its -10 init); a mapping error gives O(1).
+GRAD_RTOL = 1e-3
 
 
 def _perturb(model, scale=0.1):
@@ -16,7 +21,29 @@ def _perturb(model, scale=0.1):
             p.add_(scale * torch.randn_like(p))
 
 
-def official_paper_model(slstm_at=(1,), num_blocks=3, d=64, ctx=64, **slstm_kw):
+def _next_token_loss(logits, ids):
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids.roll(-1, 1).flatten())
+
+
+def reference_grads(model):
+    """Gradients by state_dict name; a tied reference lists its shared tensor under both names."""
+    grads = {name: p.grad for name, p in model.named_parameters(remove_duplicate=False)}
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+    return grads
+
+
+def assert_all_grads_match(ours, mapped_ref_grads):
+    """Every parameter of ours against its reference gradient. The reference gradients are mapped by the
+    importer itself: its renames, reshapes and splits are linear, so they map gradients like weights."""
+    ours_params = dict(ours.named_parameters())  # a tied lm_head is listed once, as the embedding
+    assert ours_params.keys() == mapped_ref_grads.keys()
+    for name, p in ours_params.items():
+        ref = mapped_ref_grads[name]
+        err = ((p.grad - ref).norm() / ref.norm()).item()
+        assert err <= GRAD_RTOL, f"{name}: relative gradient error {err:.2e}"
+
+
+def official_paper_model(slstm_at=(1,), num_blocks=3, d=64, ctx=64, tie_weights=False, **slstm_kw):
     from xlstm import (FeedForwardConfig, mLSTMBlockConfig, mLSTMLayerConfig, sLSTMBlockConfig, sLSTMLayerConfig,
                        xLSTMLMModel, xLSTMLMModelConfig)
 
@@ -25,25 +52,28 @@ def official_paper_model(slstm_at=(1,), num_blocks=3, d=64, ctx=64, **slstm_kw):
         slstm_block=sLSTMBlockConfig(
             slstm=sLSTMLayerConfig(backend="vanilla", num_heads=4, conv1d_kernel_size=4, dtype="float32", **slstm_kw),
             feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu")),
-        context_length=ctx, num_blocks=num_blocks, embedding_dim=d, slstm_at=list(slstm_at), vocab_size=97)
+        context_length=ctx, num_blocks=num_blocks, embedding_dim=d, slstm_at=list(slstm_at), vocab_size=97,
+        tie_weights=tie_weights)
     model = xLSTMLMModel(cfg)
     model.reset_parameters()
     _perturb(model)
     return model
 
 
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 @pytest.mark.parametrize("slstm_at", [(), (1,), (0, 2)])
-def test_paper_logits_and_grads_match_official_xlstm(slstm_at):
-    official = official_paper_model(slstm_at)
+def test_paper_logits_and_all_grads_match_official_xlstm(slstm_at, tie):
+    official = official_paper_model(slstm_at, tie_weights=tie)
     ours = from_official_paper_model(official, chunk_size=16)
+    assert ours.cfg.tie_embeddings == tie and (ours.lm_head.weight is ours.embedding.weight) == tie
     ids = torch.randint(0, 97, (2, 64))
     ref = official(ids)
     got = ours(ids)
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
-    # gradients w.r.t. the embedding (the same tensor layout on both sides) agree as well
-    ref.logsumexp(-1).mean().backward()
-    got.logsumexp(-1).mean().backward()
-    torch.testing.assert_close(ours.embedding.weight.grad, official.token_embedding.weight.grad, atol=1e-6, rtol=1e-3)
+    _next_token_loss(ref, ids).backward()
+    _next_token_loss(got, ids).backward()
+    # tied: the shared tensor's gradient sums its embedding and output uses, on both sides
+    assert_all_grads_match(ours, import_official_paper_state_dict(reference_grads(official), ours.cfg))
 
 
 def test_paper_step_state_matches_official_step():
@@ -61,6 +91,13 @@ def test_paper_step_state_matches_official_step():
             logits, state = ours(ids[:, t : t + 1], state=state, return_state=True)
             outs.append(logits)
     torch.testing.assert_close(torch.cat(outs, 1), torch.cat(outs_o, 1), atol=2e-5, rtol=1e-4)
+
+
+def test_paper_tied_import_refuses_a_distinct_head():
+    official = official_paper_model((), num_blocks=1)  # untied: its lm_head is its own tensor
+    tied_cfg = config_from_official_paper(official.config, tie_embeddings=True)
+    with pytest.raises(ValueError, match="differs from its embedding"):
+        import_official_paper_state_dict(official.state_dict(), tied_cfg)
 
 
 def test_importer_rejects_unsupported_official_features():
@@ -81,18 +118,69 @@ def hf_model(**kw):
     return model
 
 
-def test_large_logits_and_grads_match_transformers():
-    hf = hf_model()
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_large_logits_and_all_grads_match_transformers(tie_word_embeddings):
+    """transformers' xLSTMForCausalLM never ties (it has no tied-weights entry), whatever its config says:
+    the import is untied and keeps HF's own lm_head."""
+    hf = hf_model(tie_word_embeddings=tie_word_embeddings)
+    assert hf.lm_head.weight is not hf.backbone.embeddings.weight  # the fact the importer relies on
     ours = from_hf_model(hf)
+    assert not ours.cfg.tie_embeddings
     ids = torch.randint(0, 97, (2, 48))
     ref = hf(ids, use_cache=False).logits
     got = ours(ids)
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
-    ref.logsumexp(-1).mean().backward()
-    got.logsumexp(-1).mean().backward()
-    torch.testing.assert_close(ours.embedding.weight.grad, hf.backbone.embeddings.weight.grad, atol=1e-6, rtol=1e-3)
-    torch.testing.assert_close(ours.blocks[1].mlstm_layer.fgate_preact.weight.grad,
-                               hf.backbone.blocks[1].mlstm_layer.fgate_preact.weight.grad, atol=1e-6, rtol=1e-3)
+    _next_token_loss(ref, ids).backward()
+    _next_token_loss(got, ids).backward()
+    assert_all_grads_match(ours, import_large_state_dict(reference_grads(hf), ours.cfg))
+
+
+def test_large_tied_import_of_an_equal_head_sums_both_gradients():
+    """tie_embeddings=True on request, for a source whose lm_head equals its embedding: the logits are
+    HF's, and our one tensor's gradient is the sum of HF's embedding and lm_head gradients."""
+    hf = hf_model()
+    with torch.no_grad():
+        hf.lm_head.weight.copy_(hf.backbone.embeddings.weight)
+    ours = from_hf_model(hf, tie_embeddings=True)
+    assert ours.lm_head.weight is ours.embedding.weight
+    ids = torch.randint(0, 97, (2, 48))
+    ref = hf(ids, use_cache=False).logits
+    got = ours(ids)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    _next_token_loss(ref, ids).backward()
+    _next_token_loss(got, ids).backward()
+    grads = reference_grads(hf)
+    grads["backbone.embeddings.weight"] = grads["backbone.embeddings.weight"] + grads.pop("lm_head.weight")
+    assert_all_grads_match(ours, import_large_state_dict(grads, ours.cfg))
+
+
+def test_large_tied_import_refuses_a_distinct_head():
+    hf = hf_model()
+    with pytest.raises(ValueError, match="differs from its embedding"):
+        from_hf_model(hf, tie_embeddings=True)
+    sd = hf.state_dict()
+    del sd["lm_head.weight"]
+    with pytest.raises(KeyError, match="lm_head"):
+        import_large_state_dict(sd, config_from_hf(hf.config))
+
+
+def test_large_logits_and_all_grads_match_xlstm_large():
+    """The official ``xlstm_large`` model (native PyTorch kernels), embedding named ``embedding.weight``."""
+    from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+    official = xLSTMLarge(xLSTMLargeConfig(
+        embedding_dim=64, num_heads=4, num_blocks=2, vocab_size=97, chunk_size=16, mode="train",
+        return_last_states=True, chunkwise_kernel="chunkwise--native_autograd",
+        sequence_kernel="native_sequence__native", step_kernel="native"))
+    _perturb(official)
+    ours = from_hf_model(official)
+    ids = torch.randint(0, 97, (2, 48))
+    ref, _ = official(ids)
+    got = ours(ids)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    _next_token_loss(ref, ids).backward()
+    _next_token_loss(got, ids).backward()
+    assert_all_grads_match(ours, import_large_state_dict(reference_grads(official), ours.cfg))
 
 
 def test_large_state_matches_transformers_cache():

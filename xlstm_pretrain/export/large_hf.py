@@ -146,13 +146,9 @@ def large_from_hf(hf_config: dict, hf_sd: dict[str, torch.Tensor], **cfg_overrid
     get = hf_config.get
     if get("norm_reduction_force_float32") is False:
         raise ExportError("norm_reduction_force_float32=False is not supported: our norms always reduce in fp32")
-    tie = bool(get("tie_word_embeddings"))
-    if tie and "lm_head.weight" in hf_sd and "backbone.embeddings.weight" in hf_sd \
-            and not torch.equal(hf_sd["lm_head.weight"], hf_sd["backbone.embeddings.weight"]):
-        # transformers ignores tie_word_embeddings for xLSTM and uses the stored lm_head: so do we.
-        tie = False
     try:
-        cfg = config_from_hf(SimpleNamespace(**{**hf_config, "tie_word_embeddings": tie}), **cfg_overrides)
+        # untied whatever tie_word_embeddings says: transformers ignores it for xLSTM and uses the stored lm_head
+        cfg = config_from_hf(SimpleNamespace(**hf_config), **cfg_overrides)
         sd = import_large_state_dict(hf_sd, cfg)
     except (KeyError, ValueError, AttributeError) as e:
         raise ExportError(f"cannot import this transformers xLSTM checkpoint: {e}") from e

@@ -6,6 +6,13 @@
 
 Each importer returns a state_dict for ``xLSTMLM`` and checks that every source tensor was used
 and every target tensor was filled (no silent drops), raising with the offending names otherwise.
+
+Tied embeddings: our config ties exactly when the source computes with one shared tensor. The paper
+family ties when the official config says ``tie_weights``; the large family never ties (transformers'
+``xLSTMForCausalLM`` has no tied-weights entry, so ``tie_word_embeddings`` changes nothing there, and
+``xLSTMLarge`` has no such option). A tied import leaves ``lm_head.weight`` out of the returned
+state_dict (our lm_head *is* the embedding, as in our plain checkpoints), and refuses a source whose
+lm_head differs from its embedding rather than drop it.
 """
 
 from __future__ import annotations
@@ -106,10 +113,10 @@ def import_official_paper_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConf
 
     take("token_embedding.weight", "embedding.weight")
     take("xlstm_block_stack.post_blocks_norm.weight", "out_norm.weight")
-    if not cfg.tie_embeddings:
-        take("lm_head.weight", "lm_head.weight")
-    elif "lm_head.weight" in sd:
-        used.add("lm_head.weight")
+    head = _lm_head_entry(sd.get("lm_head.weight"), out["embedding.weight"], cfg)
+    if head is not None:
+        out["lm_head.weight"] = head
+    used.add("lm_head.weight")
     for idx, kind in enumerate(cfg.block_types):
         src_prefix, dst_prefix = f"xlstm_block_stack.blocks.{idx}.", f"blocks.{idx}."
         renames = _PAPER_MLSTM_RENAMES if kind == "mlstm" else _PAPER_SLSTM_RENAMES
@@ -136,8 +143,28 @@ def from_official_paper_model(official_model, **cfg_overrides):
 
     cfg = config_from_official_paper(official_model.config, **cfg_overrides)
     model = build_model(cfg)
-    model.load_state_dict(import_official_paper_state_dict(official_model.state_dict(), cfg))
+    load_imported_state_dict(model, import_official_paper_state_dict(official_model.state_dict(), cfg))
     return model
+
+
+def _lm_head_entry(head: torch.Tensor | None, embedding: torch.Tensor, cfg: ModelConfig) -> torch.Tensor | None:
+    """Our ``lm_head.weight`` for a source head (None if the source has none): None when tied."""
+    if not cfg.tie_embeddings:
+        if head is None:
+            raise KeyError("state_dict has no 'lm_head.weight' but the config is untied (tie_embeddings=False)")
+        return head
+    if head is not None and not torch.equal(head, embedding):
+        # tying would silently replace the trained output layer with the embedding
+        raise ValueError("tie_embeddings=True but the state_dict's lm_head.weight differs from its embedding; "
+                         "import it untied (tie_embeddings=False) to keep both")
+    return None
+
+
+def load_imported_state_dict(model, sd: dict[str, torch.Tensor]) -> None:
+    """Strict load of an importer's state_dict; a tied model's lm_head (left out) is its embedding."""
+    if model.cfg.tie_embeddings:
+        sd = {**sd, "lm_head.weight": sd["embedding.weight"]}
+    model.load_state_dict(sd)
 
 
 # ---- large family (xlstm_large / transformers xLSTM) --------------------------------------------
@@ -152,7 +179,12 @@ _LARGE_BLOCK_KEYS = (
 
 
 def config_from_hf(hf_cfg, **overrides) -> ModelConfig:
-    """ModelConfig from a ``transformers`` ``xLSTMConfig`` (or an ``xlstm_large`` ``xLSTMLargeConfig``)."""
+    """ModelConfig from a ``transformers`` ``xLSTMConfig`` (or an ``xlstm_large`` ``xLSTMLargeConfig``).
+
+    Always untied: neither source ever ties its lm_head to the embedding (``xLSTMForCausalLM`` ignores
+    ``tie_word_embeddings``, checked against transformers 5.24), so copying that flag would drop a
+    distinct lm_head. ``tie_embeddings=True`` may still be passed as an override; the importer then
+    requires the source's lm_head to equal its embedding."""
     get = lambda *names, default=None: next((getattr(hf_cfg, n) for n in names if getattr(hf_cfg, n, None) is not None), default)  # noqa: E731
     d = get("hidden_size", "embedding_dim")
     nb = get("num_hidden_layers", "num_blocks")
@@ -166,7 +198,7 @@ def config_from_hf(hf_cfg, **overrides) -> ModelConfig:
         ffn_proj_factor=hf_cfg.ffn_proj_factor, ffn_round_up_to=hf_cfg.ffn_round_up_to_multiple_of,
         gate_soft_cap=hf_cfg.gate_soft_cap, logit_soft_cap=hf_cfg.output_logit_soft_cap,
         norm_eps=hf_cfg.norm_eps, eps=hf_cfg.eps, chunk_size=hf_cfg.chunk_size,
-        tie_embeddings=bool(get("tie_word_embeddings", "tie_weights", default=False)),
+        tie_embeddings=False,
     )
     kw.update(overrides)
     cfg = ModelConfig(**kw)
@@ -184,10 +216,11 @@ def import_large_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> di
             out["embedding.weight"] = sd.pop(name)
             break
     out["out_norm.weight"] = sd.pop("backbone.out_norm.weight")
-    if "lm_head.weight" in sd:
-        head = sd.pop("lm_head.weight")
-        if not cfg.tie_embeddings:
-            out["lm_head.weight"] = head
+    if "embedding.weight" not in out:
+        raise KeyError("xLSTM state_dict has no embedding ('backbone.embeddings.weight' or 'embedding.weight')")
+    head = _lm_head_entry(sd.pop("lm_head.weight", None), out["embedding.weight"], cfg)
+    if head is not None:
+        out["lm_head.weight"] = head
     for idx in range(cfg.num_blocks):
         p = f"backbone.blocks.{idx}."
         _unfuse_large_block(sd, p, cfg)
@@ -195,10 +228,8 @@ def import_large_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> di
             if p + key not in sd:
                 raise KeyError(f"xLSTM state_dict is missing {p + key!r}")
             out[f"blocks.{idx}.{key}"] = sd.pop(p + key)
-    missing = {"embedding.weight"} - out.keys()
-    if missing or sd:
-        raise ValueError(f"xLSTM state_dict does not match the config: missing {sorted(missing)}, "
-                         f"unused {sorted(sd)[:8]}")
+    if sd:
+        raise ValueError(f"xLSTM state_dict does not match the config: unused {sorted(sd)[:8]}")
     return out
 
 
@@ -221,11 +252,12 @@ def _unfuse_large_block(sd: dict, p: str, cfg: ModelConfig) -> None:
 
 
 def from_hf_model(hf_model, **cfg_overrides):
-    """Build our model holding exactly the weights of a ``transformers`` ``xLSTMForCausalLM``."""
+    """Build our model holding exactly the weights of a ``transformers`` ``xLSTMForCausalLM`` (or an
+    ``xlstm_large`` ``xLSTMLarge``)."""
     from .lm import build_model
 
     cfg = config_from_hf(hf_model.config, **cfg_overrides)
     model = build_model(cfg)
-    model.load_state_dict(import_large_state_dict(hf_model.state_dict(), cfg))
+    load_imported_state_dict(model, import_large_state_dict(hf_model.state_dict(), cfg))
     return model
 
