@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
-import queue
 import shutil
 import signal
 import sys
@@ -243,7 +242,9 @@ def _run_in_worker_processes(
     todo: Iterator[ShardJob], settings: PrepSettings, workers: int, progress: _Progress, records: dict
 ) -> int:
     ctx = multiprocessing.get_context("spawn")  # no fork: safe with the tokenizer's threads
-    messages = ctx.Queue()
+    # A SimpleQueue's put() writes to the pipe before it returns (a Queue's feeder thread may not get to
+    # it before a kill), so the parent always knows which jobs a dead worker had started.
+    messages = ctx.SimpleQueue()
     started: set[str] = set()
     pending: deque[tuple[ShardJob, Future]] = deque()
     executor: ProcessPoolExecutor | None = None
@@ -272,7 +273,8 @@ def _run_in_worker_processes(
 def _collect_first(pending: deque, records: dict, messages, progress: _Progress, started: set[str]) -> int:
     job, future = pending[0]
     while not future.done():
-        _drain(messages, progress, started, timeout=0.1)
+        if not _drain(messages, progress, started):
+            time.sleep(0.05)
     try:
         records[job.name] = future.result()  # re-raises a worker's exception here
     except BrokenProcessPool:
@@ -315,17 +317,17 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
         process.join(timeout=10)
 
 
-def _drain(messages, progress: _Progress, started: set[str], timeout: float = 0.0) -> None:
-    try:
-        message = messages.get(timeout=timeout) if timeout else messages.get_nowait()
-        while True:
-            if message[0] == "started":
-                started.add(message[1])
-            else:
-                progress.add(message[1], message[2])
-            message = messages.get_nowait()
-    except queue.Empty:
-        pass
+def _drain(messages, progress: _Progress, started: set[str]) -> bool:
+    """Take the workers' messages that have arrived; True if there were any."""
+    got = False
+    while not messages.empty():
+        message = messages.get()
+        got = True
+        if message[0] == "started":
+            started.add(message[1])
+        else:
+            progress.add(message[1], message[2])
+    return got
 
 
 def _finished_local_jobs(jobs: list[ShardJob], settings: PrepSettings, redo_changed: bool) -> dict[str, dict | None]:

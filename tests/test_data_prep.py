@@ -451,3 +451,174 @@ def test_cli_help(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: python -m {module}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged and empty input, empty shards, eval folders, changed inputs, file order (issue 16 item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_corrupt_zst_keeps_every_line_decoded_before_the_damage(tokenizer_path, tmp_path):
+    rng = random.Random(3)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 80))) for _ in range(4000)]
+    lines = [json.dumps({"text": t}).encode() for t in texts]
+    blob = zstandard.ZstdCompressor(level=3).compress(b"".join(x + b"\n" for x in lines))
+    damage_at = len(blob) // 2
+    damaged = bytearray(blob)
+    damaged[damage_at] ^= 1  # one bit flip, in the middle of a file far smaller than 1 MiB
+    with pytest.raises(zstandard.ZstdError):
+        zstandard.ZstdDecompressor().decompressobj().decompress(bytes(damaged))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl.zst").write_bytes(bytes(damaged))
+
+    # Independently: every line a decoder can give from the bytes before the damage.
+    before = zstandard.ZstdDecompressor().decompressobj().decompress(blob[:damage_at]).split(b"\n")[:-1]
+    assert 1000 < len(before) < len(lines)
+
+    _, manifest = run_prep(tokenizer_path, tmp_path / "out", [tmp_path / "in"])
+    assert shard_docs(tmp_path / "out", manifest, "train") == encode(tokenizer_path, texts[: len(before)])
+    assert manifest["bad_input"]["counts"]["corrupt_zst"] == 1
+    [example] = manifest["bad_input"]["examples"]
+    assert (example["source"], example["line"], example["reason"]) == ("in/a.jsonl.zst", len(before) + 1, "corrupt_zst")
+
+
+def test_empty_input_files_are_counted_not_silently_accepted(tokenizer_path, tmp_path, capsys):
+    src = tmp_path / "in"
+    write_jsonl(src / "a.jsonl", [record("some text", "RedPajamaC4")], compress=False)
+    (src / "b.jsonl.zst").write_bytes(b"")  # a download that never wrote a byte: not even a zstd header
+    (src / "c.jsonl").write_bytes(b"")
+    rc = tokenize_cli.main(["--tokenizer", str(tokenizer_path), "--input", str(src), "--output-dir",
+                            str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    assert rc == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["bad_input"]["counts"]["empty_file"] == 2
+    assert {(e["source"], e["reason"]) for e in manifest["bad_input"]["examples"]} == {
+        ("in/b.jsonl.zst", "empty_file"), ("in/c.jsonl", "empty_file")}
+    assert "in/b.jsonl.zst:0: empty_file" in capsys.readouterr().out
+    assert manifest["splits"]["train"]["documents"] == 1
+
+
+def test_a_shard_without_documents_writes_no_files(tokenizer_path, tmp_path):
+    src = tmp_path / "in"
+    write_jsonl(src / "a.jsonl", [record("kept text", "RedPajamaC4")], compress=False)
+    write_jsonl(src / "b.jsonl", [b"{not json", b""], compress=False)  # a whole shard of bad lines
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_00001.bin").write_bytes(b"")  # what an earlier version wrote for an empty shard
+    (out / "train_00001.idx").write_bytes(b"stale")
+    _, manifest = run_prep(tokenizer_path, out, [src], files_per_shard=1)
+    # Megatron-LM and gpt-neox mmap every shard they are given: no 0-byte .bin may exist or be listed.
+    assert not (out / "train_00001.bin").exists() and not (out / "train_00001.idx").exists()
+    assert [s["name"] for s in manifest["shards"]] == ["train_00000"]
+    assert [(s["name"], s["num_documents"], s["source_files"]) for s in manifest["empty_shards"]] == [
+        ("train_00001", 0, ["in/b.jsonl"])]
+    assert manifest["splits"]["train"] == {"shards": 1, "documents": 1, "tokens": manifest["shards"][0]["num_tokens"],
+                                           "empty_shards": 1}
+    for binary in out.glob("*.bin"):
+        assert binary.stat().st_size > 0
+    # the empty job counts as finished on a rerun
+    again, _ = run_prep(tokenizer_path, out, [src], files_per_shard=1)
+    assert (again.jobs_run, again.jobs_skipped) == (0, 2)
+
+
+def test_heldout_set_name_counts_go_to_the_val_split(corpus, tokenizer_path, tmp_path):
+    root, _ = corpus
+    _, manifest = run_prep(tokenizer_path, tmp_path, [root / "train"], validation_fraction=0.3)
+    for split in ("train", "val"):
+        docs = sum(c["documents"] for c in manifest["set_names"][split].values())
+        tokens = sum(c["tokens"] for c in manifest["set_names"][split].values())
+        assert (docs, tokens) == (manifest["splits"][split]["documents"], manifest["splits"][split]["tokens"])
+        assert manifest["splits"][split]["documents"] > 0
+
+
+def test_hub_json_counts_bad_lines_like_local_files(tokenizer_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lines = [record("first document", "RedPajamaC4"), b"{not json", b"", record("second document", "RedPajamaC4"),
+             json.dumps({"meta": {}}).encode(), record("third document", "RedPajamaC4")]
+    path = tmp_path / "a.jsonl"
+    write_jsonl(path, lines, compress=False)
+    _, local = run_prep(tokenizer_path, tmp_path / "local", [path])
+    hub = prepare(PrepOptions(output_dir=str(tmp_path / "hub"), tokenizer=str(tokenizer_path), hf_dataset="json",
+                              hf_data_files=[str(path)], workers=1, progress=False)).manifest
+    assert shard_docs(tmp_path / "hub", hub, "train") == shard_docs(tmp_path / "local", local, "train")
+    assert hub["bad_input"]["counts"] == local["bad_input"]["counts"]
+    assert hub["bad_input"]["counts"]["malformed_json"] == hub["bad_input"]["counts"]["blank_line"] == 1
+    # lines that hold no record are named by file:line; records by the stream's record number (= line here)
+    assert [(e["reason"], e["line"]) for e in hub["bad_input"]["examples"]] == [
+        (e["reason"], e["line"]) for e in local["bad_input"]["examples"]]
+    assert [e["source"] for e in hub["bad_input"]["examples"]] == ["a.jsonl", "a.jsonl", "hf:json:train"]
+
+
+def test_hub_stream_failure_is_a_clear_error(tokenizer_path, tmp_path, monkeypatch, capsys):
+    """A source the datasets library streams (not a local json file) cannot skip a bad record; the
+    run stops with a message naming the stream, not a pyarrow traceback."""
+    import datasets
+
+    def failing_stream(*args, **kwargs):
+        yield {"text": "one good record"}
+        raise ValueError("JSON parse error: Missing a name for object member. in row 1")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing_stream)
+    args = ["--tokenizer", str(tokenizer_path), "--hf-dataset", "someone/corpus", "--output-dir", str(tmp_path),
+            "--workers", "1", "--no-progress"]
+    assert tokenize_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "hf:someone/corpus:train: the datasets stream failed after record 1: ValueError: JSON parse error" in err
+    assert "Traceback" not in err
+
+
+def test_input_folder_with_eval_splits_is_refused(corpus, tokenizer_path, tmp_path, capsys):
+    root, _ = corpus  # SlimPajama's root: train/ and validation/
+    args = ["--tokenizer", str(tokenizer_path), "--output-dir", str(tmp_path / "o"), "--workers", "1", "--no-progress"]
+    assert tokenize_cli.main(args + ["--input", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "validation/" in err and "leak" in err and str(root / "train") in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    # explicit folders are the user's choice
+    assert tokenize_cli.main(args + ["--input", str(root / "train"), "--validation-input", str(root / "validation")]) == 0
+
+
+def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_path, tmp_path, capsys):
+    src = tmp_path / "in"
+    for i in range(3):
+        write_jsonl(src / f"f{i}.jsonl", [record(f"document {i} {j}", "RedPajamaC4") for j in range(3)], compress=False)
+    out = tmp_path / "out"
+    run_prep(tokenizer_path, out, [src], files_per_shard=1)
+    untouched_mtime = (out / "train_00000.bin").stat().st_mtime_ns
+
+    # f1 re-downloaded with more documents (new size); f2 fixed in place with the same size (a bit flip)
+    write_jsonl(src / "f1.jsonl", [record(f"document 1 {j} fixed", "RedPajamaC4") for j in range(4)], compress=False)
+    same_size = (src / "f2.jsonl").read_bytes().replace(b"document 2 0", b"document 2 X")
+    (src / "f2.jsonl").write_bytes(same_size)
+    os.utime(src / "f2.jsonl", ns=(1, 1))  # a moved modification time makes the content checked
+
+    args = ["--tokenizer", str(tokenizer_path), "--input", str(src), "--output-dir", str(out), "--files-per-shard",
+            "1", "--workers", "1", "--no-progress"]
+    assert tokenize_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "train_00001: in/f1.jsonl" in err and "train_00002: in/f2.jsonl" in err and "--redo-changed" in err
+    assert "train_00000" not in err
+
+    assert tokenize_cli.main(args + ["--redo-changed"]) == 0
+    assert "2 job(s) tokenized, 1 already finished" in capsys.readouterr().out
+    assert (out / "train_00000.bin").stat().st_mtime_ns == untouched_mtime
+    _, clean = run_prep(tokenizer_path, tmp_path / "clean", [src], files_per_shard=1)
+    assert all_bytes(out / "progress") .keys() == all_bytes(tmp_path / "clean" / "progress").keys()
+    for name in ("train_00000", "train_00001", "train_00002"):
+        assert hand_read_shard(out / name) == hand_read_shard(tmp_path / "clean" / name)
+    assert (out / "manifest.json").read_text().replace(str(out), "") == (tmp_path / "clean" / "manifest.json").read_text().replace(str(tmp_path / "clean"), "")
+
+    # other settings are still a conflict, --redo-changed or not
+    with pytest.raises(OutputConflict, match="other inputs or settings"):
+        run_prep(tokenizer_path, out, [src], files_per_shard=1, validation_fraction=0.5, redo_changed=True)
+
+
+def test_files_are_taken_in_natural_order(tokenizer_path, tmp_path):
+    src = tmp_path / "train"
+    for chunk in (1, 2, 10):
+        write_jsonl(src / f"chunk{chunk}" / "example_train_0.jsonl", [record(f"from chunk {chunk}", "x")], compress=False)
+    _, manifest = run_prep(tokenizer_path, tmp_path / "out", [src], files_per_shard=1)
+    assert [s["source_files"] for s in manifest["shards"]] == [
+        ["train/chunk1/example_train_0.jsonl"], ["train/chunk2/example_train_0.jsonl"],
+        ["train/chunk10/example_train_0.jsonl"]]
