@@ -13,7 +13,9 @@ leaves no worker writing files that the rerun deletes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import multiprocessing
 import os
 import shutil
@@ -33,7 +35,15 @@ from tqdm import tqdm
 
 from data_prep.manifest import MANIFEST_NAME, build_manifest, format_summary, write_manifest
 from data_prep.readers import InputError, find_input_files, hub_reader, hub_source_name, iter_hub_records
-from data_prep.shard_jobs import PROGRESS_DIR, InputsChanged, PrepSettings, ShardJob, read_finished, run_job
+from data_prep.shard_jobs import (
+    PROGRESS_DIR,
+    InputsChanged,
+    OutputConflict,
+    PrepSettings,
+    ShardJob,
+    read_finished,
+    run_job,
+)
 from data_prep.tokenizer_info import DEFAULT_EOD_TOKEN, describe_tokenizer
 
 
@@ -271,18 +281,28 @@ def _run_in_worker_processes(
 
 
 def _collect_first(pending: deque, records: dict, messages, progress: _Progress, started: set[str]) -> int:
+    """Wait for the oldest pending job and take its record; a failure of any pending job ends the wait
+    (the records are kept in plan order, but an error must not wait for a long job before it)."""
     job, future = pending[0]
     while not future.done():
-        if not _drain(messages, progress, started):
+        got_messages = _drain(messages, progress, started)
+        for other_job, other in pending:
+            if other.done() and other.exception() is not None:
+                _result(other_job, other, pending, started)  # raises
+        if not got_messages:
             time.sleep(0.05)
-    try:
-        records[job.name] = future.result()  # re-raises a worker's exception here
-    except BrokenProcessPool:
-        _drain(messages, progress, started)
-        raise WorkerDied(_worker_death_message([j for j, _ in pending], started)) from None
+    _drain(messages, progress, started)  # the "started" messages of a worker that died meanwhile
+    records[job.name] = _result(job, future, pending, started)
     pending.popleft()
     progress.job_done()
     return 1
+
+
+def _result(job: ShardJob, future: Future, pending: deque, started: set[str]) -> dict:
+    try:
+        return future.result()  # re-raises a worker's exception here
+    except BrokenProcessPool:
+        raise WorkerDied(_worker_death_message([j for j, _ in pending], started)) from None
 
 
 def _worker_death_message(unfinished: list[ShardJob], started: set[str]) -> str:
@@ -350,6 +370,31 @@ def _finished_local_jobs(jobs: list[ShardJob], settings: PrepSettings, redo_chan
 # --------------------------------------------------------------------------------------------------
 
 
+LOCK_NAME = ".data_prep.lock"
+
+
+@contextlib.contextmanager
+def _output_lock(output_dir: Path) -> Iterator[None]:
+    """One run per output folder at a time: a second run would delete the first one's .tmp files and
+    redo its jobs under it. The lock goes with the process (flock), so a killed run leaves none behind."""
+    lock_file = open(output_dir / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "?"
+            raise OutputConflict(
+                f"{output_dir} is in use by another data_prep run (pid {holder}); wait for it to end or stop it"
+            ) from None
+        lock_file.truncate(0)
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        yield
+    finally:
+        lock_file.close()
+
+
 def _clear_output(output_dir: Path) -> None:
     """--overwrite: remove what an earlier run wrote here (only our own file names)."""
     shutil.rmtree(output_dir / PROGRESS_DIR, ignore_errors=True)
@@ -376,6 +421,14 @@ def prepare(o: PrepOptions) -> PrepResult:
     val_jobs = plan_file_jobs(o.validation_inputs, "val", o.files_per_shard, False) if o.validation_inputs else []
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    with _output_lock(output_dir):
+        return _prepare_in(output_dir, o, settings, train_jobs, val_jobs)
+
+
+def _prepare_in(
+    output_dir: Path, o: PrepOptions, settings: PrepSettings, train_jobs: list[ShardJob], val_jobs: list[ShardJob]
+) -> PrepResult:
+    """``prepare`` once the jobs are planned and the output folder is ours."""
     if o.overwrite:
         _clear_output(output_dir)
     known = _finished_local_jobs(train_jobs + val_jobs, settings, o.redo_changed)
@@ -398,7 +451,7 @@ def prepare(o: PrepOptions) -> PrepResult:
     finally:
         progress.close()
 
-    if hold_out:
+    if o.validation_fraction > 0:
         validation = {"mode": "heldout_fraction", "fraction": o.validation_fraction, "seed": o.split_seed}
     elif o.validation_inputs or o.hf_validation_split:
         validation = {"mode": "separate_inputs", "inputs": list(o.validation_inputs), "hf_split": o.hf_validation_split}

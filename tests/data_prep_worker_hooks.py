@@ -39,3 +39,11 @@ def block_after_writing_pid(job):
     os.replace(pid_dir / f"{os.getpid()}.tmp", pid_dir / str(os.getpid()))
     time.sleep(60)
     return pipeline._run_job_in_worker(job)
+
+
+def raise_in_second_job(job):
+    """Job train_00001 fails with an ordinary exception; the others run normally (but slowly)."""
+    if job.name == KILLED_JOB:
+        raise RuntimeError(f"simulated failure in {job.name}")
+    time.sleep(60)
+    return pipeline._run_job_in_worker(job)

@@ -622,3 +622,23 @@ def test_files_are_taken_in_natural_order(tokenizer_path, tmp_path):
     assert [s["source_files"] for s in manifest["shards"]] == [
         ["train/chunk1/example_train_0.jsonl"], ["train/chunk2/example_train_0.jsonl"],
         ["train/chunk10/example_train_0.jsonl"]]
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused(tokenizer_path, tmp_path):
+    """A second run would delete the first one's .tmp files while its workers write them."""
+    import fcntl
+
+    src = tmp_path / "in"
+    write_jsonl(src / "a.jsonl", [record("some text", "RedPajamaC4")], compress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_00000.bin.tmp").write_bytes(b"being written by the first run")
+    with open(out / ".data_prep.lock", "a+") as held:  # what the first run holds while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(OutputConflict, match=r"in use by another data_prep run \(pid 4242\)"):
+            run_prep(tokenizer_path, out, [src])
+        assert (out / "train_00000.bin.tmp").exists()
+    result, _ = run_prep(tokenizer_path, out, [src])  # the lock ends with its holder
+    assert result.jobs_run == 1 and not (out / "train_00000.bin.tmp").exists()

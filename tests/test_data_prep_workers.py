@@ -100,3 +100,15 @@ def test_workers_end_when_the_parent_is_killed(corpus, tokenizer_path, tmp_path)
         for pid in worker_pids:  # the workers this test started, if the check failed
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_failing_job_stops_the_other_workers_at_once(corpus, tokenizer_path, tmp_path):  # noqa: F811
+    root, _ = corpus
+    started = time.monotonic()
+    proc = cli_with_hook("raise_in_second_job", prep_args(tokenizer_path, root / "train", tmp_path / "out"))
+    try:
+        _, stderr = proc.communicate(timeout=50)  # not after the 60 s the other job takes
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "simulated failure in train_00001" in stderr
+    assert time.monotonic() - started < 50
