@@ -120,7 +120,10 @@ def read_finished(job: ShardJob, settings: PrepSettings, redo_changed: bool = Fa
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a damaged record: redo the job
+    mtimes_before = [f["mtime_ns"] for f in record.get("input_files", [])]
     changed = changed_inputs(job, settings, record)
+    if not changed and mtimes_before != [f["mtime_ns"] for f in record.get("input_files", [])]:
+        _write_record(path, record)  # files moved but unchanged: keep their new times
     if changed:
         if not redo_changed:
             raise InputsChanged(settings.output_dir, {job.name: changed})
@@ -147,19 +150,27 @@ def changed_inputs(job: ShardJob, settings: PrepSettings, record: dict) -> list[
                 f"(see {progress_path(settings, job.name)}); use a new --output-dir, or --overwrite to replace "
                 "everything there"
             )
-        recorded = {f["key"] for f in record["input_files"]}
-        now = {f.key for f in job.files}
-        sizes = {f["key"]: f["size"] for f in record["input_files"]}
-        return sorted((recorded ^ now) | {f.key for f in job.files if sizes.get(f.key, -1) != os.path.getsize(f.path)})
+        recorded = [(f["key"], f["size"]) for f in record["input_files"]]
+        now = [(f.key, os.path.getsize(f.path)) for f in job.files]
+        differing = sorted({key for key, _ in set(recorded) ^ set(now)})
+        return differing or [key for key, _ in now]  # the same files, in another order
     # Same names and sizes: the content may still differ (a re-downloaded file with a fixed bit flip).
     # Hash only files whose modification time moved; records of older versions have no hashes.
     by_key = {f["key"]: f for f in record.get("input_files", [])}
-    changed = []
-    for f in job.files:
-        before = by_key.get(f.key)
-        if before and os.stat(f.path).st_mtime_ns != before["mtime_ns"] and file_sha256(f.path) != before["sha256"]:
-            changed.append(f.key)
-    return changed
+    return [f.key for f in job.files if f.key in by_key and _content_changed(f, by_key[f.key])]
+
+
+def _content_changed(input_file: InputFile, before: dict) -> bool:
+    """Whether a file of the recorded size has other content than recorded. A file whose modification
+    time moved but whose content is the same (e.g. copied to another disk) gets the new time in
+    ``before``, so that later runs do not hash it again."""
+    mtime_ns = os.stat(input_file.path).st_mtime_ns
+    if mtime_ns == before["mtime_ns"]:
+        return False
+    if file_sha256(input_file.path) != before["sha256"]:
+        return True
+    before["mtime_ns"] = mtime_ns
+    return False
 
 
 def file_sha256(path: str) -> str:

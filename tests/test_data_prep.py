@@ -592,6 +592,7 @@ def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_pa
     same_size = (src / "f2.jsonl").read_bytes().replace(b"document 2 0", b"document 2 X")
     (src / "f2.jsonl").write_bytes(same_size)
     os.utime(src / "f2.jsonl", ns=(1, 1))  # a moved modification time makes the content checked
+    os.utime(src / "f0.jsonl", ns=(2, 2))  # f0 copied elsewhere and back: new time, same content
 
     args = ["--tokenizer", str(tokenizer_path), "--input", str(src), "--output-dir", str(out), "--files-per-shard",
             "1", "--workers", "1", "--no-progress"]
@@ -603,6 +604,9 @@ def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_pa
     assert tokenize_cli.main(args + ["--redo-changed"]) == 0
     assert "2 job(s) tokenized, 1 already finished" in capsys.readouterr().out
     assert (out / "train_00000.bin").stat().st_mtime_ns == untouched_mtime
+    # f0's new time is recorded once its content was found unchanged: later runs need not hash it again
+    f0_record = json.loads((out / "progress" / "train_00000.json").read_text())["input_files"][0]
+    assert (f0_record["key"], f0_record["mtime_ns"]) == ("in/f0.jsonl", 2)
     _, clean = run_prep(tokenizer_path, tmp_path / "clean", [src], files_per_shard=1)
     assert all_bytes(out / "progress") .keys() == all_bytes(tmp_path / "clean" / "progress").keys()
     for name in ("train_00000", "train_00001", "train_00002"):
