@@ -92,6 +92,34 @@ else:
                                "flash-linear-attention (or: pip install 'xlstm-pretrain[fla]')")
 
 
+# backend="auto" (the model default): on CUDA the first available of AUTO_CUDA_ORDER, else the torch
+# reference (CPU has no compiled Triton; the interpreter is for tests). The Triton/FLA backends are
+# self-checked on first use at the model's own shapes and, on CUDA, raise when the check fails (see
+# selfcheck.py), so "auto" never silently trains on a wrong kernel. FLA first: its chunk_simple_gla is
+# the tuned production kernel; ours (triton) is the fallback when flash-linear-attention is not
+# installed. tools/bench/kernels.py measures both on the GPU; flip the order if ours wins there.
+AUTO_CUDA_ORDER = ("fla", "triton")
+
+
+def resolve_backend(backend: str, device, form: str = "chunkwise") -> tuple[str, str]:
+    """The backend that runs on ``device`` for the configured name, and why (printed by the trainer)."""
+    device = torch.device(device)
+    if backend != "auto":
+        return backend, "configured"
+    if form != "chunkwise":
+        return "torch", f"auto: mlstm_form={form!r} exists only in the torch reference"
+    if device.type != "cuda":
+        return "torch", f"auto: {device.type} device, the pure-PyTorch reference (Triton kernels need CUDA)"
+    if importlib.util.find_spec("triton") is None:
+        return "torch", "auto: triton is not installed (CUDA builds of torch ship it; reinstall torch)"
+    for name in AUTO_CUDA_ORDER:
+        if name in MLSTM_BACKENDS:
+            skipped = [n for n in AUTO_CUDA_ORDER[:AUTO_CUDA_ORDER.index(name)]]
+            why = "" if not skipped else f" ({', '.join(MISSING_BACKENDS.get(n, n) for n in skipped)})"
+            return name, f"auto: CUDA, the first available of {list(AUTO_CUDA_ORDER)}{why}"
+    return "torch", "auto: no Triton backend registered"
+
+
 def _unknown_backend(kind: str, backend: str, available) -> ValueError:
     if backend in MISSING_BACKENDS:
         return ValueError(f"{kind} backend {backend!r} is not available: {MISSING_BACKENDS[backend]}")
@@ -101,8 +129,12 @@ def _unknown_backend(kind: str, backend: str, available) -> ValueError:
 def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
     """mLSTM over a sequence: q, k (B,NH,S,DHQK), v (B,NH,S,DHV), i, f (B,NH,S) pre-activations.
 
+    backend: a name in MLSTM_BACKENDS, or "auto" (``resolve_backend`` picks by q's device).
+
     kwargs: initial_state, reset, return_final_state, eps, chunk_size, form (torch backend).
     """
+    if backend == "auto":
+        backend = resolve_backend(backend, q.device, kwargs.get("form", "chunkwise"))[0]
     if backend not in MLSTM_BACKENDS:
         raise _unknown_backend("mLSTM", backend, MLSTM_BACKENDS)
     return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
@@ -110,13 +142,15 @@ def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
 
 def slstm(wx, R, b, *, backend="torch", **kwargs):
     """sLSTM over a sequence: wx (B,S,4,NH,DH) input pre-activations, R (4,NH,DH,DH), b (4,NH,DH)."""
+    if backend == "auto":
+        backend = resolve_backend(backend, wx.device)[0]
     if backend not in SLSTM_BACKENDS:
         raise _unknown_backend("sLSTM", backend, SLSTM_BACKENDS)
     return SLSTM_BACKENDS[backend](wx, R, b, **kwargs)
 
 
 __all__ = [
-    "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
+    "AUTO_CUDA_ORDER", "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "resolve_backend", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
     "mlstm_chunkwise", "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "slstm_recurrent", "slstm_step",
     "slstm_zero_state", "zero_state",
 ]

@@ -1,15 +1,18 @@
 """Runtime self-check and dispatch for the Triton backends (``backend="triton"``, and ``backend="fla"``,
 whose mLSTM runs on flash-linear-attention's Triton kernels: kernel name ``mlstm_fla``).
 
-On first use per (kernel, device, dtype), the Triton kernel is compared with the torch reference on a
-tiny problem that exercises everything it must get right (ragged length, document reset, initial and
-final state, forward and backward of every input). On a mismatch, or if Triton cannot run at all (not
-installed, CPU tensors without ``TRITON_INTERPRET=1``, a compile error), the dispatch warns once and
-falls back to the torch reference for that (device, dtype).
+On first use per (kernel, device, dtype, head dims, chunk size), the Triton kernel is compared with the
+torch reference on a small problem at the caller's own head dims and chunk size (so the multi-tile paths
+the model uses are the ones checked) that exercises everything it must get right (a ragged last chunk,
+document resets on and inside chunk edges, initial and final state, forward and backward of every
+input). On a mismatch, or if Triton cannot run at all (not installed, CPU tensors without
+``TRITON_INTERPRET=1``, a compile error), the dispatch raises or warns once and falls back to the torch
+reference for that key.
 
-Mode, from ``set_mode()`` if called, else the env var ``XLSTM_KERNEL_SELFCHECK``:
-  ``warn`` (default): warn once and fall back;  ``raise``: raise ``KernelSelfCheckError`` instead;
-  ``off``: skip the check and always run the Triton kernel.
+Mode, from ``set_mode()`` if called, else the env var ``XLSTM_KERNEL_SELFCHECK``, else by device:
+  ``raise`` (default on CUDA: a run that asked for fast kernels must not silently train on the Python
+  loop): raise ``KernelSelfCheckError`` naming the kernel;  ``warn`` (default elsewhere): warn once and
+  fall back;  ``off``: skip the check and always run the Triton kernel.
 This module imports triton lazily (only when a Triton backend is first used).
 """
 
@@ -43,8 +46,9 @@ def set_mode(mode: str | None) -> None:
     _mode_override = mode
 
 
-def get_mode() -> str:
-    mode = _mode_override if _mode_override is not None else os.environ.get(ENV_VAR, "warn").strip().lower()
+def get_mode(device: torch.device | None = None) -> str:
+    default = "raise" if device is not None and torch.device(device).type == "cuda" else "warn"
+    mode = _mode_override if _mode_override is not None else os.environ.get(ENV_VAR, default).strip().lower()
     if mode not in MODES:
         raise ValueError(f"{ENV_VAR} must be one of {MODES}, got {mode!r}")
     return mode
@@ -58,33 +62,42 @@ def reset() -> None:
 
 
 def results() -> dict:
-    """Cached results: (kernel, device, dtype) -> None if passed else the failure message."""
+    """Cached results: (kernel, device, dtype, shape) -> None if passed else the failure message, where
+    shape is the probe's sorted (name, value) pairs, e.g. (("DK", 16), ("DV", 16), ("chunk_size", 16))."""
     return dict(_results)
 
 
-def passes(name: str, device: torch.device, dtype: torch.dtype, probe) -> bool:
-    """True if the Triton kernel `name` may be used on (device, dtype); runs `probe` once per key.
+def result(name: str, device, dtype: torch.dtype, **shape) -> str | None:
+    """The cached result of one check (KeyError if it never ran)."""
+    return _results[(name, str(device), dtype, tuple(sorted(shape.items())))]
 
-    `probe(device, dtype)` returns None when the kernel agrees with the reference, else a message.
-    """
-    mode = get_mode()
+
+def passes(name: str, device: torch.device, dtype: torch.dtype, probe, **shape) -> bool:
+    """True if the Triton kernel `name` may be used on (device, dtype) at `shape` (keyword dims the
+    probe takes); runs ``probe(device, dtype, **shape)`` once per key, which returns None when the
+    kernel agrees with the reference, else a message."""
+    mode = get_mode(device)
     if mode == "off":
         return True
-    key = (name, str(device), dtype)
+    key = (name, str(device), dtype, tuple(sorted(shape.items())))
     with _lock:
         if key not in _results:
             try:
-                _results[key] = probe(device, dtype)
+                _results[key] = probe(device, dtype, **shape)
             except Exception as e:  # noqa: BLE001 - any failure means "do not use the kernel"
                 _results[key] = f"raised {type(e).__name__}: {e}"
         problem = _results[key]
         if problem is None:
             return True
-        msg = (f"xlstm_kernels: the Triton {name} kernel failed its self-check on {device} / {dtype} "
-               f"({problem}); falling back to the torch reference. Set {ENV_VAR}=raise to make this an "
-               f"error, {ENV_VAR}=off to skip the check.")
+        where = f"{device} / {dtype} / " + ", ".join(f"{k}={v}" for k, v in sorted(shape.items()))
         if mode == "raise":
-            raise KernelSelfCheckError(msg)
+            raise KernelSelfCheckError(
+                f"xlstm_kernels: the Triton {name} kernel failed its self-check on {where} ({problem}). "
+                f"To train anyway on the (slow) torch reference set {ENV_VAR}=warn (falls back with a "
+                f"warning) or model.backend=torch; {ENV_VAR}=off skips the check.")
+        msg = (f"xlstm_kernels: the Triton {name} kernel failed its self-check on {where} ({problem}); "
+               f"falling back to the torch reference. Set {ENV_VAR}=raise to make this an error, "
+               f"{ENV_VAR}=off to skip the check.")
         if key not in _warned:
             _warned.add(key)
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
@@ -130,8 +143,10 @@ def _randn(gen, *shape):
     return torch.randn(*shape, generator=gen)
 
 
-def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None) -> str | None:
-    """``kernel``: the mLSTM function to check (default: our Triton chunkwise kernel)."""
+def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None, DK: int = 16, DV: int = 16,
+                chunk_size: int = 16) -> str | None:
+    """``kernel``: the mLSTM function to check (default: our Triton chunkwise kernel), at head dims
+    (DK, DV) and ``chunk_size``: three chunks, the last one ragged, resets on a chunk edge and inside."""
     from .mlstm import chunkwise as torch_chunkwise
 
     if kernel is None:
@@ -140,11 +155,12 @@ def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None)
         kernel = chunkwise_triton.mlstm_chunkwise_triton
 
     gen = torch.Generator().manual_seed(1234)  # never touches the global RNG
-    B, NH, S, DK, DV = 1, 2, 21, 16, 16
+    B, NH, S = 1, 2, 2 * chunk_size + 5
     base = [_randn(gen, B, NH, S, DK), _randn(gen, B, NH, S, DK), _randn(gen, B, NH, S, DV), _randn(gen, B, NH, S),
             _randn(gen, B, NH, S) + 3.0, _randn(gen, B, NH, DK, DV), _randn(gen, B, NH, DK), _randn(gen, B, NH, 1)]
     reset = torch.zeros(B, S, dtype=torch.bool)
-    reset[0, 11] = True
+    reset[0, chunk_size // 2 + 3] = True
+    reset[0, chunk_size] = True
     weights = [_randn(gen, B, NH, S, DV), _randn(gen, B, NH, DK, DV), _randn(gen, B, NH, DK), _randn(gen, B, NH, 1)]
     weights = [w.to(device) for w in weights]
     reset = reset.to(device)
@@ -152,7 +168,7 @@ def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None)
     def run(fn):
         xs = [x.to(device, dtype if j < 3 else torch.float32).requires_grad_() for j, x in enumerate(base)]
         h, (C, n, m) = fn(*xs[:5], initial_state=tuple(xs[5:]), reset=reset, return_final_state=True, eps=1e-6,
-                          chunk_size=16)
+                          chunk_size=chunk_size)
         outs = [h, C, n, m]
         loss = sum((o.float() * w).sum() for o, w in zip(outs, weights))
         return outs + list(torch.autograd.grad(loss, xs))
@@ -164,12 +180,13 @@ def mlstm_probe(device: torch.device, dtype: torch.dtype, kernel=None, tol=None)
     return _compare(names, got, want, dtype, tol)
 
 
-def slstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+def slstm_probe(device: torch.device, dtype: torch.dtype, DH: int = 16) -> str | None:
+    """Our Triton sLSTM at head dim DH (its kernel picks different code paths by DH)."""
     from .slstm import naive as torch_slstm
     from .slstm import recurrent_triton
 
     gen = torch.Generator().manual_seed(4321)
-    B, S, NH, DH = 2, 9, 2, 16
+    B, S, NH = 2, 9, 2
     base = [_randn(gen, B, S, 4, NH, DH), _randn(gen, 4, NH, DH, DH) * 0.1, _randn(gen, 4, NH, DH),
             _randn(gen, B, NH, DH), _randn(gen, B, NH, DH), torch.rand(B, NH, DH, generator=gen) + 0.5,
             _randn(gen, B, NH, DH)]
@@ -200,6 +217,10 @@ def slstm_probe(device: torch.device, dtype: torch.dtype) -> str | None:
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _mlstm_shape(q, v, chunk_size: int) -> dict:
+    return dict(DK=q.shape[-1], DV=v.shape[-1], chunk_size=chunk_size)
+
+
 def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
                          chunk_size=64, form="chunkwise"):
     """Chunkwise mLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
@@ -207,7 +228,7 @@ def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, retur
         raise ValueError(f"the triton mLSTM backend computes the chunkwise form only, got form={form!r}")
     kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
                   chunk_size=chunk_size)
-    if q.dtype in _TRITON_DTYPES and passes("mlstm_chunkwise", q.device, q.dtype, mlstm_probe):
+    if q.dtype in _TRITON_DTYPES and passes("mlstm_chunkwise", q.device, q.dtype, mlstm_probe, **_mlstm_shape(q, v, chunk_size)):
         from .mlstm import chunkwise_triton
 
         return chunkwise_triton.mlstm_chunkwise_triton(q, k, v, i, f, **kwargs)
@@ -216,13 +237,13 @@ def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, retur
     return mlstm_chunkwise(q, k, v, i, f, **kwargs)
 
 
-def _mlstm_fla_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+def _mlstm_fla_probe(device: torch.device, dtype: torch.dtype, **shape) -> str | None:
     from .mlstm.fla import mlstm_fla
 
     # fp32 goes through FLA's tl.dot at Triton's default precision (TF32 on a GPU): a looser fp32 bound.
     # The check is there to catch a wrong kernel (an incompatible FLA version, the interpreter's bf16
     # tl.dot), whose errors are O(1).
-    return mlstm_probe(device, dtype, kernel=mlstm_fla, tol=1e-2 if dtype == torch.float32 else None)
+    return mlstm_probe(device, dtype, kernel=mlstm_fla, tol=1e-2 if dtype == torch.float32 else None, **shape)
 
 
 def mlstm_fla_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
@@ -233,7 +254,8 @@ def mlstm_fla_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_f
         raise ValueError(f"the fla mLSTM backend computes the chunkwise form only, got form={form!r}")
     kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
                   chunk_size=chunk_size)
-    if q.dtype in _TRITON_DTYPES and q.shape[2] > 1 and passes("mlstm_fla", q.device, q.dtype, _mlstm_fla_probe):
+    if q.dtype in _TRITON_DTYPES and q.shape[2] > 1 and passes("mlstm_fla", q.device, q.dtype, _mlstm_fla_probe,
+                                                               **_mlstm_shape(q, v, chunk_size)):
         from .mlstm.fla import mlstm_fla
 
         return mlstm_fla(q, k, v, i, f, **kwargs)
@@ -250,7 +272,7 @@ def mlstm_fla_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_f
 def slstm_triton_backend(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
     """Recurrent sLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
     kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state)
-    if wx.dtype in _TRITON_DTYPES and passes("slstm_recurrent", wx.device, wx.dtype, slstm_probe):
+    if wx.dtype in _TRITON_DTYPES and passes("slstm_recurrent", wx.device, wx.dtype, slstm_probe, DH=wx.shape[-1]):
         from .slstm import recurrent_triton
 
         return recurrent_triton.slstm_recurrent_triton(wx, R, b, **kwargs)

@@ -194,7 +194,8 @@ def test_fla_backend_dispatch_and_signature():
         warnings.simplefilter("error")  # passes its self-check: no warning
         h, st = xlstm_kernels.mlstm(*xs[:5], backend="fla", initial_state=tuple(xs[5:]), reset=reset,
                                     return_final_state=True, chunk_size=16)
-    assert selfcheck.results()[("mlstm_fla", "cpu" if INTERPRET else str(h.device), torch.float32)] is None
+    assert selfcheck.result("mlstm_fla", "cpu" if INTERPRET else str(h.device), torch.float32,
+                            DK=16, DV=16, chunk_size=16) is None
     ref, _ = mlstm_chunkwise(*xs[:5], initial_state=tuple(xs[5:]), reset=reset, return_final_state=True)
     torch.testing.assert_close(h, ref, atol=1e-4, rtol=1e-3)
     # FLA has no sLSTM: backend="fla" runs sLSTM blocks on our Triton kernel

@@ -150,7 +150,8 @@ def test_mlstm_backend_dispatch_and_signature():
         warnings.simplefilter("error")  # the real kernels pass their self-check: no warning
         h, st = xlstm_kernels.mlstm(*xs[:5], backend="triton", initial_state=tuple(xs[5:]), reset=reset,
                                     return_final_state=True, chunk_size=16)
-    assert selfcheck.results()[("mlstm_chunkwise", "cpu" if INTERPRET else str(h.device), torch.float32)] is None
+    assert selfcheck.result("mlstm_chunkwise", "cpu" if INTERPRET else str(h.device), torch.float32,
+                            DK=16, DV=16, chunk_size=16) is None
     ref, ref_st = mlstm_chunkwise(*xs[:5], initial_state=tuple(xs[5:]), reset=reset, return_final_state=True)
     torch.testing.assert_close(h, ref, atol=1e-4, rtol=1e-3)
     with pytest.raises(ValueError, match="chunkwise"):
@@ -254,6 +255,15 @@ def _wrong_mlstm(q, k, v, i, f, **kwargs):
     return out * 1.5
 
 
+def test_selfcheck_probes_the_callers_head_dims_and_chunk_size():
+    """The dispatch checks the kernel at the shapes the model uses (multi-tile paths included), once each."""
+    xs, reset, _ = mlstm_problem(1, 1, 21, 32, 16)
+    xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset, chunk_size=16)
+    dev = "cpu" if INTERPRET else str(xs[0].device)
+    assert selfcheck.result("mlstm_chunkwise", dev, torch.float32, DK=32, DV=16, chunk_size=16) is None
+    assert len(selfcheck.results()) == 1
+
+
 def test_selfcheck_falls_back_and_warns_once(monkeypatch):
     monkeypatch.setattr(chunkwise_triton, "mlstm_chunkwise_triton", _wrong_mlstm)
     xs, reset, _ = mlstm_problem(1, 2, 21, 16, 16)
@@ -265,8 +275,8 @@ def test_selfcheck_falls_back_and_warns_once(monkeypatch):
         warnings.simplefilter("error")  # warned once per (kernel, device, dtype)
         h = xlstm_kernels.mlstm(*xs[:5], backend="triton", reset=reset)
     torch.testing.assert_close(h, ref)
-    assert "relative max error" in selfcheck.results()[("mlstm_chunkwise", "cpu" if INTERPRET else "cuda:0",
-                                                        torch.float32)]
+    assert "relative max error" in selfcheck.result("mlstm_chunkwise", "cpu" if INTERPRET else "cuda:0",
+                                                    torch.float32, DK=16, DV=16, chunk_size=64)
 
 
 def test_selfcheck_raise_and_off_modes(monkeypatch):

@@ -205,7 +205,9 @@ def test_run_outputs(data, straight):
     gates = rows[0]["gates"]
     assert set(gates) == {"0.mlstm", "1.slstm", "2.mlstm"}
     assert gates["0.mlstm"]["f"] == pytest.approx([3.0, 4.5, 6.0], abs=1e-4)
-    assert (run / "loss.png").is_file() and json.loads((run / "summary.json").read_text())["step"] == 20
+    summary = json.loads((run / "summary.json").read_text())
+    assert (run / "loss.png").is_file() and summary["step"] == 20
+    assert summary["kernel_backend"] == "torch" and "auto: cpu device" in summary["kernel_backend_reason"]
     # the standalone evaluation of the consolidated weights, one process (TP=1), gives the logged loss
     proc = python_module("xlstm_pretrain.evaluate", ["--checkpoint", str(run), "--unigram-baseline"])
     assert proc.returncode == 0, output(proc)

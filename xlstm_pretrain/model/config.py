@@ -29,9 +29,10 @@ class ModelConfig:
     context_length: int = 2048  # training context (no positional encoding; used by data/flops)
     tie_embeddings: bool = False
 
-    # Cell computation: a backend registered in xlstm_kernels ("torch" is the reference);
+    # Cell computation: "auto" (Triton/FLA kernels on CUDA, the torch reference elsewhere; see
+    # xlstm_kernels.resolve_backend) or a backend registered in xlstm_kernels ("torch" is the reference);
     # mlstm_form picks the torch form (chunkwise for training, parallel = quadratic reference).
-    backend: str = "torch"
+    backend: str = "auto"
     mlstm_form: Literal["chunkwise", "parallel", "recurrent"] = "chunkwise"
     chunk_size: int = 64
     eps: float = 1e-6
@@ -142,8 +143,8 @@ class ModelConfig:
         import xlstm_kernels  # the kernel registry decides which backends exist
 
         need(
-            self.backend in xlstm_kernels.MLSTM_BACKENDS,
-            f"backend must be one of {sorted(xlstm_kernels.MLSTM_BACKENDS)}, got {self.backend!r}"
+            self.backend == "auto" or self.backend in xlstm_kernels.MLSTM_BACKENDS,
+            f"backend must be 'auto' or one of {sorted(xlstm_kernels.MLSTM_BACKENDS)}, got {self.backend!r}"
             + (f" ({xlstm_kernels.MISSING_BACKENDS[self.backend]})" if self.backend in xlstm_kernels.MISSING_BACKENDS
                else ""),
         )
