@@ -16,7 +16,7 @@ Each component is split into
 The mLSTM cell is counted in its chunkwise form (what training runs) with chunk size
 ``L = min(cfg.chunk_size, next power of two >= seq_len)`` as the torch kernel picks it; a sequence
 that is not a multiple of L pays for its padded last chunk. The exact per-chunk terms are those of the
-official counter (xlstm_reference.md §5.4 (a)); per head per token they are dominated by
+official counter (xlstm_pretrain/REFERENCE.md §6); per head per token they are dominated by
 ``4*dqk*dv*(1 + 1/(2L)) + 2*L*(dqk + dv)``. The count does not depend on ``cfg.mlstm_form``.
 
 Unlike the official paper-block counter we also count the i/f gate projections Linear(3D -> Nh)

@@ -6,7 +6,7 @@ chunks of L tokens:
 1. per chunk, in parallel: the intra-chunk log-weight matrix and the chunk's contribution to the
    end-of-chunk state (a locally stabilised C, n and their log-scale);
 2. a sequential recurrence over the NC chunks on state-sized tensors only (the associative combine of
-   design.md §3: ``m' = max(logF + m_a, m_s)``, ``C' = e^{logF + m_a - m'} C_a + e^{m_s - m'} C_s``);
+   xlstm_pretrain/REFERENCE.md §1: ``m' = max(logF + m_a, m_s)``, ``C' = e^{logF + m_a - m'} C_a + e^{m_s - m'} C_s``);
 3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk.
 
 Sequence lengths that are not a multiple of L are padded at the end with inputs that leave the state

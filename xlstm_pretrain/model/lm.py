@@ -34,7 +34,7 @@ class xLSTMLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """The official initialisation of each family (xlstm_reference.md §4)."""
+        """The official initialisation of each family (xlstm_pretrain/REFERENCE.md §4)."""
         d = self.cfg.embedding_dim
         small_init_(self.embedding.weight, d)
         for block in self.blocks:

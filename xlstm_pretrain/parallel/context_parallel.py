@@ -1,7 +1,7 @@
 """Context parallelism: each sample's sequence is split contiguously across the CP ranks, every rank
 runs its chunkwise kernel on its shard, and the recurrent state crosses shard boundaries.
 
-- mLSTM (linear recurrence, design.md §3): each rank summarises its shard as (log F, C, n, m) - the
+- mLSTM (linear recurrence, xlstm_pretrain/REFERENCE.md §1): each rank summarises its shard as (log F, C, n, m) - the
   state its shard alone produces from an empty start, and its total log-forget (-inf if a document
   starts in it). One all-gather of the summaries (B*NH*(DHQK*DHV + DHQK + 2) floats per rank and
   layer) lets every rank prefix-combine the earlier shards into its initial state without waiting on

@@ -1,7 +1,7 @@
 """Peak learning rate per model size for a sweep.
 
 - ``table``: log-log interpolation in (total parameters, lr) through a table, clamped at its ends. The
-  built-in tables are the paper's xLSTM rows (Table 7, xlstm_reference.md §5.1), keyed by the total
+  built-in tables are the paper's xLSTM rows (Table 7, xlstm_pretrain/REFERENCE.md §3), keyed by the total
   parameter counts the paper prints: ``paper_300b`` and ``paper_15b``.
 - ``power``: lr = value * (params / params_ref) ** -exponent (a muP-free rule of thumb for small sweeps).
 - ``constant``: lr = value.

@@ -1,7 +1,7 @@
 """Model shapes for a sweep: a width (or a target parameter count) -> blocks, heads, sLSTM positions.
 
 The rule follows the published family rather than inventing one:
-- ``num_blocks`` is interpolated through the anchors (the paper's size table, xlstm_reference.md §3.5:
+- ``num_blocks`` is interpolated through the anchors (the paper's size table, xlstm_pretrain/REFERENCE.md §3:
   d 768/1024/1536/2048/2560 -> 24/48/48/48/64 blocks, 4 heads) linearly in (log d, log blocks); outside
   the table the nearest anchor's aspect ratio d / blocks is kept, so smaller models get shallower in
   proportion (d=256 -> 8 blocks) instead of being clamped to 24 blocks.
@@ -23,7 +23,7 @@ from xlstm_pretrain.model.config import ModelConfig
 
 from .spec import ShapeSpec
 
-# (d, blocks, mLSTM heads): NeurIPS paper Table 7 / xlstm_reference.md §3.5, and the 7B (§5.3)
+# (d, blocks, mLSTM heads): NeurIPS paper Table 7 / xlstm_pretrain/REFERENCE.md §3, and the 7B (same section)
 PAPER_ANCHORS = [(768, 24, 4), (1024, 48, 4), (1536, 48, 4), (2048, 48, 4), (2560, 64, 4)]
 LARGE_ANCHORS = [(4096, 32, 8)]
 

@@ -1,6 +1,6 @@
 """AdamW with the official xLSTM weight-decay groups, and the learning-rate schedules.
 
-Weight decay (xlstm_reference.md §4.2, the NeurIPS code's ``WeightDecayOptimGroupMixin``): a parameter
+Weight decay (xlstm_pretrain/REFERENCE.md §4.2, the NeurIPS code's ``WeightDecayOptimGroupMixin``): a parameter
 is decayed iff ``"weight"`` is in its name and ``"norm"`` is not, and it is not the token embedding
 (unless ``optim.weight_decay_on_embedding``). So norms, biases (gate biases included), the learnable
 skip and the sLSTM recurrent kernel and bias are not decayed; projection, conv, gate and LM-head weights
