@@ -390,7 +390,10 @@ def _output_lock(output_dir: Path) -> Iterator[None]:
         lock_file.truncate(0)
         lock_file.write(f"{os.getpid()}\n")
         lock_file.flush()
-        yield
+        try:
+            yield
+        finally:
+            lock_file.truncate(0)  # still locked here; an empty file keeps the folder's bytes run-independent
     finally:
         lock_file.close()
 

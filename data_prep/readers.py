@@ -133,7 +133,8 @@ def natural_sort_key(relative_path: str) -> tuple:
 def _check_no_heldout_folders(folder: str, files: list[Path], root: Path) -> None:
     """Refuse a train folder that holds validation/ or test/ (e.g. SlimPajama's root): training on them
     would leak the evaluation data into the train shards."""
-    found = sorted({part for f in files for part in f.relative_to(root).parts[:-1] if part.lower() in HELDOUT_FOLDER_NAMES})
+    folders = {part for f in files for part in f.relative_to(root).parts[:-1]}
+    found = sorted(name for name in folders if name.lower() in HELDOUT_FOLDER_NAMES)
     if found:
         raise InputError(
             f"--input {folder} contains held-out split folder(s) {', '.join(f + '/' for f in found)}: training "

@@ -186,7 +186,9 @@ def describe_input_files(files: list[InputFile]) -> list[dict]:
     described = []
     for f in files:
         stat = os.stat(f.path)
-        described.append({"key": f.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(f.path)})
+        described.append(
+            {"key": f.key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(f.path)}
+        )
     return described
 
 

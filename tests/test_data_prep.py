@@ -576,7 +576,8 @@ def test_input_folder_with_eval_splits_is_refused(corpus, tokenizer_path, tmp_pa
     assert "validation/" in err and "leak" in err and str(root / "train") in err
     assert not (tmp_path / "o" / "manifest.json").exists()
     # explicit folders are the user's choice
-    assert tokenize_cli.main(args + ["--input", str(root / "train"), "--validation-input", str(root / "validation")]) == 0
+    explicit = ["--input", str(root / "train"), "--validation-input", str(root / "validation")]
+    assert tokenize_cli.main(args + explicit) == 0
 
 
 def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_path, tmp_path, capsys):
@@ -608,10 +609,10 @@ def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_pa
     f0_record = json.loads((out / "progress" / "train_00000.json").read_text())["input_files"][0]
     assert (f0_record["key"], f0_record["mtime_ns"]) == ("in/f0.jsonl", 2)
     _, clean = run_prep(tokenizer_path, tmp_path / "clean", [src], files_per_shard=1)
-    assert all_bytes(out / "progress") .keys() == all_bytes(tmp_path / "clean" / "progress").keys()
+    assert all_bytes(out / "progress").keys() == all_bytes(tmp_path / "clean" / "progress").keys()
     for name in ("train_00000", "train_00001", "train_00002"):
         assert hand_read_shard(out / name) == hand_read_shard(tmp_path / "clean" / name)
-    assert (out / "manifest.json").read_text().replace(str(out), "") == (tmp_path / "clean" / "manifest.json").read_text().replace(str(tmp_path / "clean"), "")
+    assert json.loads((out / "manifest.json").read_text()) == clean
 
     # other settings are still a conflict, --redo-changed or not
     with pytest.raises(OutputConflict, match="other inputs or settings"):
@@ -621,7 +622,8 @@ def test_changed_input_files_are_named_and_redone_with_redo_changed(tokenizer_pa
 def test_files_are_taken_in_natural_order(tokenizer_path, tmp_path):
     src = tmp_path / "train"
     for chunk in (1, 2, 10):
-        write_jsonl(src / f"chunk{chunk}" / "example_train_0.jsonl", [record(f"from chunk {chunk}", "x")], compress=False)
+        lines = [record(f"from chunk {chunk}", "x")]
+        write_jsonl(src / f"chunk{chunk}" / "example_train_0.jsonl", lines, compress=False)
     _, manifest = run_prep(tokenizer_path, tmp_path / "out", [src], files_per_shard=1)
     assert [s["source_files"] for s in manifest["shards"]] == [
         ["train/chunk1/example_train_0.jsonl"], ["train/chunk2/example_train_0.jsonl"],

@@ -8,7 +8,6 @@ never completes) or leave orphaned workers behind.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -33,8 +32,8 @@ def cli_with_hook(hook: str, args: list[str], env: dict | None = None) -> subpro
         f"pipeline._run_job_in_worker = hooks.{hook}; sys.exit(tokenize.main(sys.argv[1:]))"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": f"{TESTS}:{REPO}", **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code, *args], cwd=REPO,
+        env={**os.environ, "PYTHONPATH": f"{TESTS}:{REPO}", **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
