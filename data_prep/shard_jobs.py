@@ -131,13 +131,19 @@ def read_finished(job: ShardJob, settings: PrepSettings, redo_changed: bool = Fa
         return None
     itemsize = np.dtype(settings.tokenizer.dtype).itemsize
     for out in record["outputs"]:
-        if out["num_documents"] == 0:
-            continue  # an empty shard has no files
         prefix = Path(settings.output_dir) / out["name"]
+        if out["num_documents"] == 0:
+            remove_shard_files(prefix)  # an empty shard has no files (earlier versions wrote a 0-byte .bin)
+            continue
         bin_file, idx_file = Path(data_path(prefix)), Path(index_path(prefix))
         if not (idx_file.is_file() and bin_file.is_file()) or bin_file.stat().st_size != out["num_tokens"] * itemsize:
             return None  # a file went missing or is damaged: redo the job
     return record
+
+
+def remove_shard_files(prefix: Path) -> None:
+    for path in (Path(index_path(prefix)), Path(data_path(prefix))):  # .idx first: never an .idx without .bin
+        path.unlink(missing_ok=True)
 
 
 def changed_inputs(job: ShardJob, settings: PrepSettings, record: dict) -> list[str]:

@@ -516,9 +516,12 @@ def test_a_shard_without_documents_writes_no_files(tokenizer_path, tmp_path):
                                            "empty_shards": 1}
     for binary in out.glob("*.bin"):
         assert binary.stat().st_size > 0
-    # the empty job counts as finished on a rerun
+    # the empty job counts as finished on a rerun, which also removes the 0-byte files of earlier versions
+    (out / "train_00001.bin").write_bytes(b"")
+    (out / "train_00001.idx").write_bytes(b"MMIDIDX\x00\x00")
     again, _ = run_prep(tokenizer_path, out, [src], files_per_shard=1)
     assert (again.jobs_run, again.jobs_skipped) == (0, 2)
+    assert not (out / "train_00001.bin").exists() and not (out / "train_00001.idx").exists()
 
 
 def test_heldout_set_name_counts_go_to_the_val_split(corpus, tokenizer_path, tmp_path):
