@@ -338,10 +338,8 @@ def test_kernels_compile_for_sm90_without_gpu():
     assert "COMPILE ERROR" not in out.stdout and "FAIL" not in out.stdout
 
 
-def test_bench_script_help_and_cpu_smoke():
+def test_bench_script_cpu_smoke():
     script = REPO / "tools" / "bench" / "kernels.py"
-    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "--cpu-smoke" in out.stdout, out.stderr[-2000:]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True, text=True, timeout=300,
                          env=env)
