@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+TORCHRUN = [PY, "-m", "torch.distributed.run"]  # torchrun, without relying on its script being on PATH
 RUNS = ["xlstm_1_0_125m_15b", "xlstm_7_1_125m_15b", "xlstm_1_0_1_3b_15b", "xlstm_7_1_1_3b_15b"]
 SMOKE = ["model.embedding_dim=64", "model.num_blocks=2", "model.slstm_at=[]", "model.num_heads=4",
          "data.seq_len=128", "model.context_length=128", "train.precision=fp32", "train.device=cpu"]
@@ -63,7 +63,7 @@ def measure(name: str, data: Path, out: Path, args) -> dict:
         "eval.at_end=false", "checkpoint.interval=0", "checkpoint.save_final=false",
     ] + (SMOKE if args.smoke else []) + args.overrides
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run([TORCHRUN, "--standalone", "--nproc_per_node", "1", "-m", "xlstm_pretrain.train", "--config",
+    run([*TORCHRUN, "--standalone", "--nproc_per_node", "1", "-m", "xlstm_pretrain.train", "--config",
          str(REPO / "configs" / "runs" / f"{name}.yaml"), "--resume", "none", *overrides], env=env)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("kind") == "train" and r["step"] > args.skip]
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_gpu"))
     ap.add_argument("--runs", nargs="+", default=RUNS)
-    ap.add_argument("--backend", default="triton")
+    ap.add_argument("--backend", default="auto")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--skip", type=int, default=4, help="steps left out of the medians (compile, autotune)")
     ap.add_argument("--global-batch", type=int, default=32)
