@@ -6,6 +6,7 @@
 # ZeRO-1; evaluate the saved checkpoint against the unigram baseline. Everything goes to runs/quickstart/.
 #   bash launch/quickstart.sh                      # the whole thing
 #   bash launch/quickstart.sh train.steps=50       # extra arguments are config overrides for the trainer
+#   bash launch/quickstart.sh train.steps=20       # shorter than the 25 warm-up steps: they are shortened (a note says so)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -26,16 +27,17 @@ $PY -m data_prep.tokenize --tokenizer "$DATA/tokenizer.json" --input "$DATA/corp
     --validation-input "$DATA/corpus/validation" --output-dir "$DATA/tokens" --workers 2 2>&1 \
     | tr '\r' '\n' | grep -v -E "^tokenizing|^$"
 echo "== 4/5 train: 2 processes, TP=2, DeepSpeed ZeRO-1 (configs/quickstart.yaml)"
+# optim.fit_short_runs: a train.steps=N shorter than the warm-up gets a shorter warm-up (noted) instead of an error
 .venv/bin/torchrun --standalone --nproc_per_node 2 -m xlstm_pretrain.train --config configs/quickstart.yaml \
-    --resume none "$@" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)|FutureWarning|return func|^W[0-9]{4} "
+    --resume none optim.fit_short_runs=true "$@" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)|FutureWarning|return func|^W[0-9]{4} "
 echo "== 5/5 evaluate the final checkpoint on the whole validation split"
 $PY -m xlstm_pretrain.evaluate --checkpoint "$OUT/train" --unigram-baseline eval.samples=0 \
     --output "$OUT/eval.json" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)"
 
-$PY - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
+$PY - "$OUT" "$(( $(date +%s) - start ))" "$#" <<'PY'
 import json, sys
 from pathlib import Path
-out, seconds = Path(sys.argv[1]), int(sys.argv[2])
+out, seconds, overridden = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) > 0
 r = json.loads((out / "eval.json").read_text())
 s = json.loads((out / "train" / "summary.json").read_text())
 margin = r["unigram_loss"] - r["val_loss"]
@@ -46,6 +48,8 @@ quickstart finished in {seconds // 60} min {seconds % 60} s
   metrics           {s['metrics']}
   plot              {s['plot']}
   checkpoint        {s['checkpoint']}  (consolidated weights: {s['checkpoint']}/consolidated)""")
-if margin < 1.0:
+if margin < 1.0 and overridden:  # e.g. train.steps=20: too short to be judged against the baseline
+    print("  (the 1-nat margin below the unigram baseline is checked only for the run as configured)")
+elif margin < 1.0:
     sys.exit("the validation loss is not well below the unigram baseline: something is wrong")
 PY

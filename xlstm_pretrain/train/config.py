@@ -14,6 +14,8 @@ checks that involve several sections and the number of processes. Every problem 
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -121,6 +123,9 @@ class OptimConfig:
     cooldown_steps: int = 0
     cooldown_shape: Literal["linear", "sqrt"] = "linear"
     cooldown_min_ratio: float = 0.0
+    # a run shorter than warmup_steps + cooldown_steps: false = a config error; true = both shortened to fit
+    # into half of the run (keeping their ratio), with a note (the quickstart's `train.steps=20`)
+    fit_short_runs: bool = False
 
     def validate(self) -> None:
         _need(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}")
@@ -216,7 +221,23 @@ def check_run(cfg, world_size: int) -> int:
                               f"multiple of train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
     if not cfg.data.train:
         raise ConfigError("data.train is empty: list at least one {path, weight} (a data_prep output folder)")
-    if cfg.optim.warmup_steps + cfg.optim.cooldown_steps > t.steps:
-        raise ConfigError(f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps} + "
-                          f"{cfg.optim.cooldown_steps} exceed train.steps={t.steps}")
+    note = fit_schedule_to_run(cfg.optim, t.steps)
+    if note and os.environ.get("RANK", "0") == "0":
+        print(f"note: {note}", file=sys.stderr, flush=True)
     return t.global_batch_size // per_step
+
+
+def fit_schedule_to_run(optim: OptimConfig, steps: int) -> str | None:
+    """Warm-up and cool-down longer than the run: a ConfigError, or with ``optim.fit_short_runs`` both
+    shortened in place to half of the run (keeping their ratio; a cool-down stays >= 1 step, which wsd needs).
+    Returns the note to log, None when they fit."""
+    warmup, cooldown = optim.warmup_steps, optim.cooldown_steps
+    if warmup + cooldown <= steps:
+        return None
+    too_long = f"optim.warmup_steps + optim.cooldown_steps = {warmup} + {cooldown} exceed train.steps={steps}"
+    if not optim.fit_short_runs:
+        raise ConfigError(f"{too_long} (shorten them, or set optim.fit_short_runs=true to have them fitted)")
+    half = steps // 2
+    optim.warmup_steps = warmup * half // (warmup + cooldown)
+    optim.cooldown_steps = max(cooldown * half // (warmup + cooldown), 1) if cooldown else 0
+    return f"{too_long}: shortened to {optim.warmup_steps} + {optim.cooldown_steps} (optim.fit_short_runs)"

@@ -110,24 +110,33 @@ def init_distributed(device: str = "auto", local_rank: int | None = None) -> Run
     if not dist.is_initialized():
         timeout = datetime.timedelta(minutes=int(env.get("XLSTM_DIST_TIMEOUT_MIN", 30)))
         kwargs = {"device_id": dev} if use_cuda else {}
-        if "TORCHELASTIC_RESTART_COUNT" in env:
-            kwargs.update(store=_attempt_store(rank, world, timeout), rank=rank, world_size=world)
+        if "TORCHELASTIC_RESTART_COUNT" in env:  # under torchrun: a store private to this restart round
+            kwargs.update(store=_round_store(rank, world, timeout), rank=rank, world_size=world)
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     return Runtime(rank, world, local, dev, name)
 
 
-def _attempt_store(rank: int, world: int, timeout) -> dist.Store:
-    """torchrun's rendezvous store, with keys private to this restart attempt.
+def _round_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's worker store, with keys private to this restart round (``rendezvous.join_round``: the
+    same name on every node, whatever each node's restart count; stale keys of earlier rounds are never read).
 
-    After ``--max-restarts`` restarts the workers, the store still holds the previous attempt's process
-    group keys (peer addresses), and a rank can read them before they are overwritten and try to
-    connect to a dead peer (pytorch/pytorch#167288). A prefix per attempt keeps the attempts apart.
+    Joining waits at most ``XLSTM_DIST_JOIN_TIMEOUT_S`` (default 300) and names the ranks that did not come.
     """
+    from .rendezvous import JoinTimeout, join_round
+
     env = os.environ
+    join_timeout_s = float(env.get("XLSTM_DIST_JOIN_TIMEOUT_S", 300))
     agent_hosts_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=not agent_hosts_store and rank == 0,
-                          timeout=timeout)
-    return dist.PrefixStore(f"xlstm_pretrain/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+    address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    try:  # no wait_for_workers: join_round waits for the ranks itself, with a message that names them
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=not agent_hosts_store and rank == 0,
+                              timeout=datetime.timedelta(seconds=join_timeout_s), wait_for_workers=False)
+    except RuntimeError as e:  # DistNetworkError
+        raise JoinTimeout(f"rank {rank}: cannot reach the process-group store at {address} "
+                          f"({'torchrun agent of the first node' if agent_hosts_store else 'rank 0'}): {e}") from e
+    name = join_round(store, rank, world, join_timeout_s, int(env.get("LOCAL_WORLD_SIZE", 1)))
+    store.set_timeout(timeout)  # from here on the process group's own timeout
+    return dist.PrefixStore(f"xlstm_pretrain/round_{name}", store)
 
 
 # ---- data ---------------------------------------------------------------------------------------
