@@ -1,0 +1,155 @@
+"""What the recurrent cells and the causal conv save for backward, per backend, in bytes per rank.
+
+Each function returns ``[(name, bytes), ...]`` for ONE layer and one micro-batch, read off the code it models
+(the file and the tensors are named in each docstring). When a kernel changes what it saves, change the
+matching function here: tests/test_memory_model.py compares every sum with a saved-tensor count and says
+which (family, backend, precision) disagrees.
+
+Symbols: H = B * NH_local (batch x heads on this rank), S tokens, T = NC * L (padded to whole chunks),
+Q / V = qk / v head dims; fp32 = 4 bytes. ``a`` = bytes of the cell inputs (q, k, v: the dtype of the
+projections' output).
+"""
+
+from __future__ import annotations
+
+import math
+
+F32, F64, BOOL, I32 = 4, 8, 1, 4
+
+Terms = list[tuple[str, float]]
+
+
+# ---- mLSTM cell -------------------------------------------------------------------------------------
+
+
+def mlstm_torch_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int) -> Terms:
+    """``kernels/mlstm/chunkwise.py`` under autograd: everything in fp32 whatever the input dtype.
+
+    Per chunk it keeps three state-sized tensors (the chunk summary C_chunk, the running C that each
+    chunk's update reads, the stacked C_b the outputs read) and the L x L matrices (log_D, D, q k^T
+    before and after the decay); per token: q-hat three times (one copy per matmul), k and v copies.
+    """
+    T = NC * L
+    tok = H * T * F32
+    return [
+        ("gates (f in, logsigmoid buffer)", 2 * H * S * F32),
+        ("chunk masks (valid, continues, causal)", B * NC * L * L * BOOL + B * NC * L * BOOL + 2 * L * L * BOOL),
+        ("log_D, D, q k^T (x2) (L x L per chunk)", 4 * H * NC * L * L * F32),
+        ("k fp32", H * S * Q * F32),
+        ("k copies (k^T for the summary, k^T for q k^T)", 2 * tok * Q),
+        ("v copies (summary, S v)", 2 * tok * V),
+        ("q-hat copies (q k^T, q C, q n)", 3 * tok * Q),
+        ("C per chunk: summary, running, stacked", 3 * H * NC * Q * V * F32),
+        ("n per chunk: summary, running, stacked", 3 * H * NC * Q * F32),
+        ("per-token gate weights and normaliser", 10 * tok),
+        ("per-chunk scalars", 8 * H * NC * F32),
+        ("q C and numerator", 2 * tok * V),
+        ("h fp32 (read by the output norm)", H * S * V * F32),
+    ]
+
+
+def mlstm_triton_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int,
+                           reset: bool) -> Terms:
+    """``kernels/mlstm/chunkwise_triton.py`` ``_MLSTMChunkwiseTriton.forward``: save_for_backward(q, k, v, f,
+    lf, ig, rs, C_all, n_all, m_all, m_row, den, h). q, k, v are contiguous copies of the heads views (input
+    dtype), C_all / n_all / m_all the fp32 state before every chunk and after the last (NC + 1)."""
+    return [
+        ("q, k, v (contiguous copies)", H * S * (2 * Q + V) * a),
+        ("f, log f, i, m_row, den", H * S * (a + 4 * F32)),
+        ("reset (int32)", B * S * I32 if reset else 0),
+        ("C, n, m per chunk (fp32, NC + 1)", H * (NC + 1) * (Q * V + Q + 1) * F32),
+        ("h", H * S * V * a),
+        ("h upcast to fp32 by the output norm", H * S * V * F32 if a != F32 else 0),
+    ]
+
+
+def mlstm_fla_chunk(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int, reset: bool) -> Terms:
+    """``kernels/mlstm/fla.py`` around FLA's ``chunk_simple_gla`` (which saves q, k', v', g and recomputes its
+    chunk states in backward): fp64 stabiliser bookkeeping, k' = k exp(i - m), v' = [v, 1(, 0)], the fp32
+    output o and the normalisation."""
+    V1 = V + 1 + (V + 1) % 2
+    return [
+        ("stabiliser and gates (fp64)", 8 * H * S * F64),
+        ("g, w_k, m (fp32)", 3 * H * S * F32),
+        ("k fp32", H * S * Q * F32),
+        ("q, k', v' (kernel inputs)", H * S * (2 * Q + V1) * a),
+        ("o fp32 and normaliser", H * S * (V1 + 4) * F32),
+        ("h", H * S * V * a),
+        ("h upcast to fp32 by the output norm", H * S * V * F32 if a != F32 else 0),
+    ]
+
+
+def mlstm_cell(backend: str, **kw) -> Terms:
+    if backend == "torch":
+        kw.pop("reset", None)
+        return mlstm_torch_chunkwise(**kw)
+    if backend == "triton":
+        return mlstm_triton_chunkwise(**kw)
+    if backend == "fla":
+        return mlstm_fla_chunk(**kw)
+    raise ValueError(f"no memory model for mLSTM backend {backend!r}")
+
+
+# ---- sLSTM cell -------------------------------------------------------------------------------------
+
+
+def slstm_torch_recurrent(B: int, S: int, NH: int, DH: int, a: int) -> Terms:
+    """``kernels/slstm/naive.py``: a Python loop over S steps; each step keeps ~15 (B, NH, DH) fp32 tensors
+    (gates, activations, c, n, y) and a permuted copy of R made by the einsum (4 NH DH^2 fp32)."""
+    unit = B * NH * DH * F32
+    return [
+        ("per-step gate and state tensors", 15 * S * unit),
+        ("per-step copy of R (einsum)", S * 4 * NH * DH * DH * F32),
+        ("y stacked (fp32)", B * S * NH * DH * F32),
+    ]
+
+
+def slstm_triton_recurrent(B: int, S: int, NH: int, DH: int, a: int) -> Terms:
+    """``kernels/slstm/recurrent_triton.py`` ``_SLSTMTriton``: save_for_backward(wx, R, b, s0, rs, hs, gs): hs the
+    (y, c, n, m) after every step and gs the raw gates, both fp32 (B, S, 4, NH, DH)."""
+    d = NH * DH
+    return [
+        ("wx (input dtype)", B * S * 4 * d * a),
+        ("states after every step (fp32)", B * S * 4 * d * F32),
+        ("raw gates (fp32)", B * S * 4 * d * F32),
+        ("y upcast to fp32 by the group norm", B * S * d * F32 if a != F32 else 0),
+    ]
+
+
+def slstm_cell(backend: str, **kw) -> Terms:
+    if backend == "torch":
+        return slstm_torch_recurrent(**kw)
+    if backend in ("triton", "fla"):  # "fla" has no sLSTM: the Triton kernel runs
+        return slstm_triton_recurrent(**kw)
+    raise ValueError(f"no memory model for sLSTM backend {backend!r}")
+
+
+# ---- causal conv ------------------------------------------------------------------------------------
+
+
+def causal_conv(B: int, S: int, C: int, K: int, a: int, reset: bool) -> Terms:
+    """``model/components.py`` ``CausalConv1d`` (torch path). Without resets F.conv1d saves its padded input
+    (B, S + K - 1, C). With resets the K-tap loop saves, per tap, the same-document mask (bool) and the
+    masked input (read by the product with the tap weight): K activation-sized tensors, K x the plain conv
+    (the lead is changing this path to save no more than the plain conv: update here). Both: the output
+    (+ bias) that the SiLU after it saves."""
+    if not reset:
+        return [("conv input (padded)", B * (S + K - 1) * C * a), ("conv output", B * S * C * a)]
+    return [
+        ("per-tap same-document masks (bool)", K * B * S * BOOL),
+        ("per-tap masked inputs", K * B * S * C * a),
+        ("conv output", B * S * C * a),
+    ]
+
+
+def conv_output_copies(reset: bool) -> int:
+    """F.conv1d's output is a transposed (non-contiguous) view, so each headwise projection reading it
+    copies it; the reset path's output is contiguous and is read in place."""
+    return 0 if reset else 1
+
+
+def total(terms: Terms) -> float:
+    return float(sum(b for _, b in terms))
+
+
+__all__ = ["causal_conv", "mlstm_cell", "slstm_cell", "total", "math"]
