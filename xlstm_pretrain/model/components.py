@@ -175,12 +175,7 @@ class CausalConv1d(nn.Module):
         elif reset is None:
             y = F.conv1d(xx.transpose(1, 2), w[:, None, :], groups=C).transpose(1, 2)
         else:
-            seg_t = seg[:, K - 1 :]
-            y = torch.zeros_like(x)
-            for lag in range(K):  # tap w[:, K-1-lag] reads x_{t-lag}
-                src = xx[:, K - 1 - lag : K - 1 - lag + S]
-                same_doc = (seg[:, K - 1 - lag : K - 1 - lag + S] == seg_t)[..., None]
-                y = y + src * same_doc * w[:, K - 1 - lag]
+            y = DocumentMaskedConv.apply(xx, w, seg)
         if self.bias is not None and not fused:
             y = y + self.bias.to(x.dtype)
         tail = xx[:, xx.shape[1] - (K - 1) :]
@@ -190,6 +185,46 @@ class CausalConv1d(nn.Module):
             tail_seg = seg[:, seg.shape[1] - (K - 1) :]
             tail = tail * (tail_seg == seg[:, -1:])[..., None]
         return y, tail
+
+
+def _same_document(seg: torch.Tensor, K: int, lag: int) -> torch.Tensor:
+    """(B, S, 1) mask: is input x_{t-lag} in token t's document (seg over the K-1 history + S positions)."""
+    S = seg.shape[1] - (K - 1)
+    return (seg[:, K - 1 - lag : K - 1 - lag + S] == seg[:, K - 1 :])[..., None]
+
+
+class DocumentMaskedConv(torch.autograd.Function):
+    """Depthwise causal conv whose taps skip inputs of other documents: y_t = sum_lag w[:, K-1-lag]
+    x_{t-lag} [same document]. Written out in autograd the masked tap products would each be saved,
+    K x (B, S, C) for backward; this saves only the padded input and the document index (what
+    F.conv1d saves without resets, plus B*(S+K-1) small ints) and rebuilds the masks in backward."""
+
+    @staticmethod
+    def forward(ctx, xx: torch.Tensor, w: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        K = w.shape[1]
+        S = xx.shape[1] - (K - 1)
+        seg = seg.to(torch.int32)  # document index per position: small next to C channels
+        y = xx.new_zeros(xx.shape[0], S, xx.shape[2])
+        for lag in range(K):  # tap w[:, K-1-lag] reads x_{t-lag}
+            y += xx[:, K - 1 - lag : K - 1 - lag + S] * _same_document(seg, K, lag) * w[:, K - 1 - lag]
+        ctx.save_for_backward(xx, w, seg)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        xx, w, seg = ctx.saved_tensors
+        K = w.shape[1]
+        S = dy.shape[1]
+        dxx = torch.zeros_like(xx) if ctx.needs_input_grad[0] else None
+        acc = torch.promote_types(w.dtype, torch.float32)  # sum the weight gradient in >= fp32
+        dw = torch.zeros(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
+        for lag in range(K):
+            g = dy * _same_document(seg, K, lag)
+            if dxx is not None:
+                dxx[:, K - 1 - lag : K - 1 - lag + S] += g * w[:, K - 1 - lag]
+            if dw is not None:
+                dw[:, K - 1 - lag] = (g.to(acc) * xx[:, K - 1 - lag : K - 1 - lag + S].to(acc)).sum((0, 1))
+        return dxx, None if dw is None else dw.to(w.dtype), None
 
 
 # ---- linear layers -------------------------------------------------------------------------------
