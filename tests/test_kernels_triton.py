@@ -124,6 +124,38 @@ def test_mlstm_state_passing_and_grad_through_carried_state():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+def test_mlstm_states_recomputed_in_backward_save_the_predicted_bytes(monkeypatch):
+    """The per-chunk fp32 states are not kept for the backward (recomputed from the initial state, here the
+    caller's own tensors): the saved bytes drop by exactly the (NC + 1) states (C, n, m) of
+    B*NH*(DHQK*DHV + DHQK + 1) fp32 each, and the gradients are bit-identical."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "bench"))
+    from activation_memory import saved_activation_bytes
+
+    B, NH, S, DK, DV, L = 1, 2, 70, 32, 16, 16
+    NC = -(-S // L)
+    xs, reset, _ = mlstm_problem(B, NH, S, DK, DV)
+    dev = triton_test_device()
+
+    def run(recompute):
+        monkeypatch.setattr(chunkwise_triton, "RECOMPUTE_STATES_IN_BACKWARD", recompute)
+        leaves = [x.to(dev).requires_grad_() for x in xs]
+        out = {}
+
+        def fwd():
+            out["h"], out["st"] = chunkwise_triton.mlstm_chunkwise_triton(
+                *leaves[:5], initial_state=tuple(leaves[5:]), reset=reset.to(dev), return_final_state=True,
+                chunk_size=L)
+        saved = saved_activation_bytes(fwd)
+        loss = (out["h"] * 1.3).sum() + out["st"][0].sum() + out["st"][1].sum() + out["st"][2].sum()
+        return saved, torch.autograd.grad(loss, leaves)
+
+    saved_all, grads_all = run(False)
+    saved_recompute, grads_recompute = run(True)
+    assert saved_all - saved_recompute == (NC + 1) * B * NH * (DK * DV + DK + 1) * 4, (saved_all, saved_recompute)
+    for a, b in zip(grads_all, grads_recompute):
+        assert torch.equal(a, b)
+
+
 def test_autotune_bypassed_under_interpreter_and_pruning():
     from triton.runtime.autotuner import Autotuner
 

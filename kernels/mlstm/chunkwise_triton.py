@@ -34,9 +34,13 @@ Kernels:
 Ties in a max split the gradient like torch (maximum: halves, amax: evenly), which only matters on
 exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference). The chunk
 is ``min(chunk_size, next_pow2(S))`` but at least 16 (tl.dot needs 16): the chunk length changes only
-rounding, never the function. Memory: the states before every chunk are materialised in fp32
-(B*NH*(S/L+1)*DHQK*DHV*4 bytes, and the same again for their gradients in the backward), so larger
-chunks (128) halve that at long context. With user inputs i = -inf everywhere in a chunk's last
+rounding, never the function. Memory: the forward materialises the states before every chunk in fp32
+(B*NH*(S/L+1)*DHQK*DHV*4 bytes) but does not keep them for the backward: with
+``RECOMPUTE_STATES_IN_BACKWARD`` (default) the backward re-runs ``_fw_recurrent`` from the saved initial
+state (bit-identical states; the cost is the state-update matmuls, ~1/3 of the forward's), so the
+states are only a transient buffer of the layer being differentiated (with their gradients, the same
+size again) instead of being held for every layer of the model until its backward (e.g. ~2 GiB per
+layer, ~99 GiB in all, for the 1.3B paper model at micro-batch 4). TFLA and FLA make the same trade. With user inputs i = -inf everywhere in a chunk's last
 segment, the reference floors m at 0 (its ``log_a_max`` guard) and these kernels do not (eps-level).
 """
 
@@ -53,6 +57,9 @@ from ..triton_utils import INTERPRET, maybe_autotune, mm, pow2_block, prune_head
 from .naive import check_inputs
 
 NEG_INF = tl.constexpr(float("-inf"))
+# Keep only the initial state for the backward and recompute the per-chunk states there (see the module
+# docstring). False keeps every chunk's fp32 state from the forward (more memory, no recomputation).
+RECOMPUTE_STATES_IN_BACKWARD = True
 
 # GPU autotuning space (the interpreter uses pow2_block sizes). Index 0 is the default config used with
 # XLSTM_TRITON_AUTOTUNE=0; tiles larger than the head dims are pruned before the search. Chosen from the
@@ -494,6 +501,24 @@ def chunk_len(S: int, chunk_size: int) -> int:
     return max(16, min(chunk_size, triton.next_power_of_2(max(1, S))))
 
 
+def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
+    """The state (C, n, m) before every chunk and the final one: (BH, NC+1, ...) fp32."""
+    B, NH, S, DHQK = k.shape
+    DHV = v.shape[-1]
+    BH = B * NH
+    NC = triton.cdiv(S, L)
+    dev = k.device
+    f32 = torch.float32
+    C_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
+    n_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
+    m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
+    has_reset = rs is not None
+    _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
+        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, DHQK=DHQK, DHV=DHV,
+        L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
+    return C_all, n_all, m_all
+
+
 def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
@@ -501,9 +526,7 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     NC = triton.cdiv(S, L)
     dev = q.device
     f32 = torch.float32
-    C_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
-    n_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
-    m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
+    C_all, n_all, m_all = _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L)
     h = torch.empty(B, NH, S, DHV, dtype=v.dtype, device=dev)
     m_row = torch.empty(BH, S, dtype=f32, device=dev)
     den = torch.empty(BH, S, dtype=f32, device=dev)
@@ -511,9 +534,6 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     rs_arg = rs if has_reset else lf
     emu = INTERPRET
     meta = _meta(DHQK, DHV)
-    _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        k, v, lf, ig, rs_arg, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, DHQK=DHQK, DHV=DHV, L=L,
-        HAS_RESET=has_reset, EMU=emu, **meta)
     _fw_output[lambda M: (BH, NC, triton.cdiv(DHV, M["BV"]))](
         q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, DHQK**-0.5, eps,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
@@ -583,14 +603,20 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         C = C_all[:, NC].reshape(B, NH, DHQK, DHV).clone()
         n = n_all[:, NC].reshape(B, NH, DHQK).clone()
         m = m_all[:, NC].reshape(B, NH, 1).clone()
-        ctx.save_for_backward(q, k, v, f, lf, ig, rs, C_all, n_all, m_all, m_row, den, h)
-        ctx.eps, ctx.L = eps, L
+        if RECOMPUTE_STATES_IN_BACKWARD:
+            del C_all, n_all  # recomputed in backward from (C0, n0, m0)
+            states = (C0c, n0c, m0c)
+        else:
+            states = (C_all, n_all, m_all)
+        ctx.save_for_backward(q, k, v, f, lf, ig, rs, *states, m_row, den, h)
+        ctx.eps, ctx.L, ctx.recompute = eps, L, RECOMPUTE_STATES_IN_BACKWARD
         ctx.in_dtypes = (i.dtype, f.dtype, C0.dtype, n0.dtype, m0.dtype)
         return h, C, n, m
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
-        q, k, v, f, lf, ig, rs, C_all, n_all, m_all, m_row, den, h = ctx.saved_tensors
+        q, k, v, f, lf, ig, rs, *states, m_row, den, h = ctx.saved_tensors
+        C_all, n_all, m_all = _chunk_states(k, v, lf, ig, rs, *states, ctx.L) if ctx.recompute else states
         B, NH, S, DHQK = q.shape
         DHV = v.shape[-1]
         BH = B * NH
