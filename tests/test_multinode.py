@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 # DP=2 with ZeRO-2: each node's rank owns half of the optimizer state, so both nodes must resume correctly
 RUN = {"train.zero_stage": 2, "train.steps": 10, "checkpoint.interval": 4, "checkpoint.keep_last": 2}
-JOIN_TIMEOUT_S = 30  # how long a lone agent waits in the rendezvous for the lost node
+JOIN_TIMEOUT_S = 15  # how long a lone agent waits in the rendezvous for the lost node
 
 
 @dataclass
