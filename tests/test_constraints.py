@@ -1,6 +1,6 @@
 """constraints.txt (the versions tools/setup_venv.sh installs) stays usable with pyproject.toml."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,8 +8,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-from freeze_constraints import dependency_closure  # noqa: E402
+
+
+def load_freeze_constraints():
+    """tools/freeze_constraints.py as a module (tools/ is not a package; putting it on sys.path could shadow)."""
+    spec = importlib.util.spec_from_file_location("freeze_constraints", REPO / "tools" / "freeze_constraints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pins() -> dict[str, str]:
@@ -43,6 +49,7 @@ def test_pins_are_exact_and_torch_is_pinned_without_a_build_tag():
 def test_every_installed_dependency_is_pinned():
     """The dev closure installed here (names only: versions differ in .venv-latest) is all in constraints.txt,
     but for what torch brings: a CUDA build pins its own triton and NVIDIA libraries (tools/setup_venv.sh)."""
-    installed = set(dependency_closure("xlstm-pretrain", {"dev"})) - set(dependency_closure("torch", set()))
+    closure = load_freeze_constraints().dependency_closure
+    installed = set(closure("xlstm-pretrain", {"dev"})) - set(closure("torch", set()))
     missing = sorted(installed - set(pins()))
     assert not missing, f"not in constraints.txt (rerun tools/freeze_constraints.py): {missing}"

@@ -33,9 +33,10 @@ def wanted_requirements(dist: metadata.Distribution, extras: set[str]) -> list[R
     return out
 
 
-def dependency_closure(root: str, extras: set[str]) -> dict[str, str]:
-    """{canonical name: installed version} of every installed distribution ``root[extras]`` pulls in."""
-    found: dict[str, str] = {}
+def dependency_closure(root: str, extras: set[str]) -> dict[str, tuple[str, str]]:
+    """{canonical name: (name as the distribution spells it, as pip freeze writes it; installed version)} of
+    every installed distribution ``root[extras]`` pulls in."""
+    found: dict[str, tuple[str, str]] = {}
     todo = [(root, extras)]
     seen = set()
     while todo:
@@ -48,15 +49,15 @@ def dependency_closure(root: str, extras: set[str]) -> dict[str, str]:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue  # an optional dependency for another platform or Python version
-        found[canonicalize_name(name)] = dist.version
+        found[canonicalize_name(name)] = (dist.metadata["Name"], dist.version)
         todo.extend((req.name, set(req.extras)) for req in wanted_requirements(dist, wanted))
     found.pop(canonicalize_name(root))
     return found
 
 
-def constraint_lines(versions: dict[str, str]) -> list[str]:
-    return [f"{name}=={version.split('+')[0] if name == 'torch' else version}"
-            for name, version in sorted(versions.items())]
+def constraint_lines(closure: dict[str, tuple[str, str]]) -> list[str]:
+    return [f"{name}=={version.split('+')[0] if key == 'torch' else version}"
+            for key, (name, version) in sorted(closure.items())]
 
 
 def main() -> None:

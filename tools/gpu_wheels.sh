@@ -10,7 +10,7 @@ PY="${PYTHON:-.venv/bin/python}"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-pin() { grep -i "^$1==" constraints.txt 2>/dev/null | head -1 || true; }
+pin() { grep -i -E "^${1//[-_]/[-_]}==" constraints.txt 2>/dev/null | head -1 || true; }  # - and _ alike
 for name in hjson pydantic pydantic-core annotated-types typing-inspection zstandard flash-linear-attention fla-core \
             mlstm_kernels; do
     spec="$(pin "$name")"
