@@ -64,11 +64,16 @@ def test_zero_tp2_dp2_matches_single_process(zero_results, case):
     bf16 = case[2]
     tol_loss, tol_norm, tol_w = (2e-2, 5e-2, 5e-2) if bf16 else (1e-5, 1e-5, 1e-5)
     for a, b in zip(r["losses"], r["ref_losses"]):
-        assert abs(a - b) <= tol_loss * max(1, abs(b)), (r["losses"], r["ref_losses"])
+        assert abs(a - b) <= tol_loss * abs(b), (r["losses"], r["ref_losses"])
     # gradient norm (for clipping) across TP shards equals the single-process norm
     for a, b in zip(r["norms"], r["ref_norms"]):
-        assert abs(a - b) <= tol_norm * max(1, abs(b)), (r["norms"], r["ref_norms"])
+        assert abs(a - b) <= tol_norm * abs(b), (r["norms"], r["ref_norms"])
     assert r["weight_err"] < tol_w, f"{r['worst_weight']}: {r['weight_err']:.2e}"
+    if not bf16:
+        # what the steps changed, per tensor and relative to that change (worst seen: 3.3e-5, an sLSTM bias
+        # under ZeRO-3). Not in bf16: there a gate bias of 3..6 is stored with a step of 1.6e-2 to 3e-2,
+        # more than 5 AdamW steps move it, so the bf16 copies of such tensors do not change at all.
+        assert r["update_rel"] < 1e-4, f"update of {r['worst_update']}: {r['update_rel']:.2e}"
 
 
 def test_impossible_layouts_fail_before_any_collective():

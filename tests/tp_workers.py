@@ -128,6 +128,7 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
     # reference: one process, the whole global batch, torch AdamW + clipping
     torch.manual_seed(0)
     ref = build_model(cfg)
+    initial = {n: p.detach().clone() for n, p in ref.named_parameters()}
     opt = torch.optim.AdamW(ref.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-5, weight_decay=0.1)
     ref_losses, ref_norms = [], []
     for ids, labels, bounds in data:
@@ -169,8 +170,14 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
     ref_final = dict(ref.named_parameters())
     errs = {n: (final[n] - p).abs().max().item() for n, p in ref_final.items()}
     worst = max(errs, key=errs.get)
+    # what training changed, per tensor: the weights' own scale would hide an error in a small update
+    updates = {n: final[n] - initial[n] for n in initial}
+    ref_updates = {n: p.detach() - initial[n] for n, p in ref_final.items()}
+    update_errs = gradient_errors(updates, ref_updates)
+    worst_update = max(update_errs, key=lambda n: update_errs[n]["rel_norm"])
     return dict(losses=losses, ref_losses=ref_losses, norms=norms, ref_norms=ref_norms, weight_err=errs[worst],
-                worst_weight=worst, errs=errs)
+                worst_weight=worst, errs=errs, update_rel=update_errs[worst_update]["rel_norm"],
+                worst_update=worst_update)
 
 
 def zero_cases(cases):
