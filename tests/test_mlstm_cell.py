@@ -49,11 +49,12 @@ def test_forms_agree_fp64(S, with_state, p_reset):
     ref_outs, ref_grads = run("parallel", inputs, state, reset, tensors, weights)
     for form in FORMS:
         outs, grads = run(form, inputs, state, reset, tensors, weights)
+        # each tensor to 1e-10 of its own largest entry (worst seen: 4e-14)
         for name, a, b in zip(["h", "C", "n", "m"], outs, ref_outs):
-            assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max()), (form, name)
+            assert (a - b).abs().max() <= 1e-10 * b.abs().max(), (form, name)
         names = ["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
         for name, a, b in zip(names, grads, ref_grads):
-            assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max()), (form, name, (a - b).abs().max())
+            assert (a - b).abs().max() <= 1e-10 * b.abs().max(), (form, name, (a - b).abs().max())
 
 
 def test_gradients_match_finite_differences():
