@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.micro_batch_size=2")
     p.add_argument("--gpus", type=int, default=8, help="GPUs in all (world size)")
     p.add_argument("--gpu", default="h100-80gb", choices=sorted(GPUS))
+    p.add_argument("--backend", choices=["torch", "triton", "fla"], default=None,
+                   help="the cell kernels to plan for (default: what model.backend resolves to on CUDA)")
     p.add_argument("--search", action="store_true", help="also list the fastest predicted layouts that fit")
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)
@@ -61,9 +63,9 @@ def main(argv=None) -> int:
           f"global batch {cfg.train.global_batch_size} = micro {layout.micro_batch} x DP {layout.dp} x accumulation "
           f"{cfg.train.global_batch_size / (layout.micro_batch * layout.dp):g}")
     print("predicted bytes per GPU:")
-    print(estimate(cfg, layout, gpu).format())
+    print(estimate(cfg, layout, gpu, backend=args.backend).format())
     if args.search:
-        found = search_layouts(cfg, args.gpus, gpu, comm_volume_model(), top=args.top)
+        found = search_layouts(cfg, args.gpus, gpu, comm_volume_model(), top=args.top, backend=args.backend)
         print(f"\nfastest predicted layouts that fit {gpu.name} with >= 10 % headroom "
               f"(assumed MFU {ASSUMED_MFU:.0%}, no compute/communication overlap):")
         if not found:

@@ -99,12 +99,13 @@ def enumerate_layouts(cfg, gpus: int):
                     micro *= 2
 
 
-def search_layouts(cfg, gpus: int, gpu: GPU, comm_fn: Callable | None = None, top: int = 5) -> list[Candidate]:
+def search_layouts(cfg, gpus: int, gpu: GPU, comm_fn: Callable | None = None, top: int = 5,
+                   backend: str | None = None) -> list[Candidate]:
     """The ``top`` fastest predicted layouts that fit ``gpu`` with the required headroom."""
     params = ParamCounts.of(cfg.model)
     found = []
     for layout in enumerate_layouts(cfg, gpus):
-        mem = estimate(cfg, layout, gpu, params)
+        mem = estimate(cfg, layout, gpu, params, backend=backend)
         if not mem.fits():
             continue
         compute, comm = step_time(cfg, layout, gpu, params, comm_fn)
