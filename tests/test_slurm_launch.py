@@ -51,8 +51,10 @@ def stub_bin(tmp: Path) -> Path:
 
 
 def slurm_env(tmp: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("OMP_NUM_THREADS", "GPUS_PER_NODE")}
-    env.update(PATH=f"{stub_bin(tmp)}:{env['PATH']}", STUB_SRUN_LOG=str(tmp / "srun_args"), STUB_HOSTS="gpu-a17 gpu-a18",
+    ours = ("OMP_NUM_THREADS", "GPUS_PER_NODE")  # the script's own defaults are under test
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ours}
+    env.update(PATH=f"{stub_bin(tmp)}:{env['PATH']}", STUB_SRUN_LOG=str(tmp / "srun_args"),
+               STUB_HOSTS="gpu-a17 gpu-a18",
                SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="4242", SLURM_JOB_NAME="xlstm", SLURM_NNODES="2",
                SLURM_JOB_NODELIST="gpu-a[17-18]", SLURM_CPUS_PER_TASK="64")
     env.update(extra)
@@ -110,7 +112,8 @@ def test_a_long_node_list_still_names_the_first_node(tmp_path):
     """`scontrol show hostnames | head -n 1` under pipefail dies of SIGPIPE when the list outlasts head."""
     hosts = tmp_path / "hosts"
     hosts.write_text("".join(f"gpu-{i:05d}\n" for i in range(20000)))  # 200 kB: more than a pipe holds
-    proc = run_sbatch(slurm_env(tmp_path, STUB_HOSTS_FILE=str(hosts), SLURM_GPUS_ON_NODE="8"), "configs/quickstart.yaml")
+    env = slurm_env(tmp_path, STUB_HOSTS_FILE=str(hosts), SLURM_GPUS_ON_NODE="8")
+    proc = run_sbatch(env, "configs/quickstart.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gpu-00000:29500" in srun_args(tmp_path)
 

@@ -129,7 +129,8 @@ def _round_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Sto
     agent_hosts_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
     try:  # no wait_for_workers: join_round waits for the ranks itself, with a message that names them
-        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=not agent_hosts_store and rank == 0,
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]),
+                              is_master=not agent_hosts_store and rank == 0,
                               timeout=datetime.timedelta(seconds=join_timeout_s), wait_for_workers=False)
     except RuntimeError as e:  # DistNetworkError
         raise JoinTimeout(f"rank {rank}: cannot reach the process-group store at {address} "
@@ -193,12 +194,10 @@ def build_data(cfg: Config) -> Data:
 
 def build_parallel_model(cfg: Config, state, device: torch.device):
     """The plain model from ``train.seed`` (or ``train.init_from``), sharded for TP, on ``device``."""
-    from xlstm_pretrain.model import build_model
-    from xlstm_pretrain.parallel import apply_context_parallel, load_full_state_dict, parallelize_model
+    from xlstm_pretrain.parallel import build_sharded_model, load_full_state_dict
 
-    torch.manual_seed(cfg.train.seed)  # the same full model on every rank; TP keeps each rank's slice
-    with torch.device(device):
-        model = build_model(cfg.model)
+    torch.manual_seed(cfg.train.seed)  # the same random stream on every rank; each keeps its TP slice
+    model = build_sharded_model(cfg.model, state, device)  # never holds the full model
     full = None
     if cfg.train.init_from:
         full = load_consolidated(cfg.train.init_from)
@@ -208,7 +207,6 @@ def build_parallel_model(cfg: Config, state, device: torch.device):
             diff = sorted(set(full) ^ set(model.state_dict()))
             raise ConfigError(f"train.init_from={cfg.train.init_from}: its tensors do not match model.* "
                               f"(differing names: {diff[:6]})")
-    model = apply_context_parallel(parallelize_model(model, state), state)
     if full is not None:
         load_full_state_dict(model, {k: v.to(device=device, dtype=torch.float32) for k, v in full.items()})
     if cfg.train.activation_checkpointing:
