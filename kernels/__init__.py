@@ -24,7 +24,7 @@ def _without_autocast(device: torch.device):
     autocast region their matmuls (q.C, q.n of the normaliser, y.R) would silently run in bf16/fp16
     (relative error ~1e-2 instead of ~1e-6), so autocast is switched off inside the cell; its inputs
     are upcast explicitly and its output keeps the input dtype."""
-    if torch.is_autocast_enabled(device.type):
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 

@@ -69,3 +69,13 @@ def test_bf16_inputs_under_autocast_match_fp64_to_bf16_rounding():
     h_ref = xlstm_kernels.mlstm(*(x.double() for x in inputs), backend="torch", chunk_size=32, reset=reset)
     assert h.dtype == torch.bfloat16
     assert _rel(h, h_ref) < 4e-3
+
+
+def test_cells_run_on_the_meta_device():
+    """Shape-only forwards (FLOP counting, planning) go through the same dispatch; meta has no autocast."""
+    q = torch.empty(1, 2, 8, 4, device="meta")
+    i = torch.empty(1, 2, 8, device="meta")
+    assert xlstm_kernels.mlstm(q, q, q, i, i, backend="torch", chunk_size=4).shape == (1, 2, 8, 4)
+    wx = torch.empty(1, 3, 4, 2, 4, device="meta")
+    R, b = torch.empty(4, 2, 4, 4, device="meta"), torch.empty(4, 2, 4, device="meta")
+    assert xlstm_kernels.slstm(wx, R, b, backend="torch").shape == (1, 3, 2, 4)

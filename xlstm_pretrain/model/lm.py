@@ -19,29 +19,41 @@ class xLSTMLM(nn.Module):
         cfg.validate()
         self.cfg = cfg
         d = cfg.embedding_dim
-        self.embedding = nn.Embedding(cfg.vocab_size, d)
-        if cfg.family == "paper":
-            block_cls = {"mlstm": PaperMLSTMBlock, "slstm": PaperSLSTMBlock}
-            self.blocks = nn.ModuleList(block_cls[t](cfg, idx) for idx, t in enumerate(cfg.block_types))
-            self.out_norm = LayerNorm(d)
-        else:
-            self.blocks = nn.ModuleList(LargeBlock(cfg, idx) for idx in range(cfg.num_blocks))
-            self.out_norm = RMSNorm(d, cfg.norm_eps)
-        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        device = torch.get_default_device()  # honours an enclosing `with torch.device(...)`
+        # The structure is built on the meta device (nothing allocated, no random numbers drawn); the
+        # weights are then allocated and initialised unit by unit in init_units() order, so the values
+        # depend only on the seed, and a sharded build (parallel/materialize.py) can initialise one full
+        # unit at a time and keep its slice: it gets exactly these weights without ever holding them all.
+        with torch.device("meta"):
+            self.embedding = nn.Embedding(cfg.vocab_size, d)
+            if cfg.family == "paper":
+                block_cls = {"mlstm": PaperMLSTMBlock, "slstm": PaperSLSTMBlock}
+                self.blocks = nn.ModuleList(block_cls[t](cfg, idx) for idx, t in enumerate(cfg.block_types))
+                self.out_norm = LayerNorm(d)
+            else:
+                self.blocks = nn.ModuleList(LargeBlock(cfg, idx) for idx in range(cfg.num_blocks))
+                self.out_norm = RMSNorm(d, cfg.norm_eps)
+            self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         set_fused_ops(self, cfg.fused_ops)
-        self.reset_parameters()
+        if device.type != "meta":
+            materialize_(self, device)
+
+    def init_units(self):
+        """(submodule name, initialiser) in initialisation order: the official initialisation of each
+        family (xlstm_pretrain/REFERENCE.md §4). The random stream is consumed in this order."""
+        d = self.cfg.embedding_dim
+        yield "embedding", lambda m: small_init_(m.weight, d)
+        for idx in range(len(self.blocks)):
+            yield f"blocks.{idx}", lambda m: m.reset_parameters()
+        yield "out_norm", lambda m: m.reset_parameters()
+        if not self.cfg.tie_embeddings:
+            yield "lm_head", lambda m: small_init_(m.weight, d)
 
     def reset_parameters(self):
-        """The official initialisation of each family (xlstm_pretrain/REFERENCE.md §4)."""
-        d = self.cfg.embedding_dim
-        small_init_(self.embedding.weight, d)
-        for block in self.blocks:
-            block.reset_parameters()
-        self.out_norm.reset_parameters()
-        if not self.cfg.tie_embeddings:
-            small_init_(self.lm_head.weight, d)
+        for name, init in self.init_units():
+            init(self.get_submodule(name))
 
     def forward(self, input_ids, state=None, doc_boundaries=None, return_state=False, return_hidden=False):
         """input_ids (B, S) -> logits (B, S, V) [, new state].
@@ -67,6 +79,27 @@ class xLSTMLM(nn.Module):
         if self.cfg.family == "large":
             logits = soft_cap(logits.float(), self.cfg.logit_soft_cap)
         return (logits, new_state) if return_state else logits
+
+
+def swap_parameter_(param: nn.Parameter, data: torch.Tensor) -> None:
+    """Give ``param`` new storage (e.g. meta -> a device) keeping the Python object: ties, hooks and
+    attributes (tensor_model_parallel, ...) that refer to it stay valid."""
+    attrs = dict(param.__dict__)
+    torch.utils.swap_tensors(param, nn.Parameter(data, requires_grad=param.requires_grad))
+    param.__dict__.update(attrs)
+
+
+def materialize_(model: xLSTMLM, device) -> None:
+    """Allocate the meta model's weights on ``device`` and initialise them (init_units order)."""
+    for name, init in model.init_units():
+        unit = model.get_submodule(name)
+        for p in unit.parameters():
+            if p.is_meta:
+                swap_parameter_(p, torch.empty_like(p, device=device))
+        init(unit)
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"parameters not covered by init_units(): {left[:5]}")
 
 
 def build_model(cfg: ModelConfig, device=None) -> xLSTMLM:
