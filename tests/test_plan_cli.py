@@ -29,7 +29,7 @@ def test_prints_every_part_and_the_models_total(capsys):
                       "--gpu", "a100-40gb")
     assert rc == 0
     for part in ("weights", "gradients", "optimizer states", "communication buffers", "activations: blocks",
-                 "kernel-saved", "activations: embedding, logits, loss", "backward buffers",
+                 "kernel-saved", "activations: embedding, logits, loss", "backward transients",
                  "allocator overhead + CUDA context", "total"):
         assert part in out, part
     assert "TP=2 CP=1 DP=4 ZeRO-1" in out

@@ -93,9 +93,17 @@ def estimate(cfg, layout: Layout, gpu: GPU, params: ParamCounts | None = None,
         est.notes["activations: one block recomputed: of which cells + convs (kernel-saved)"] = kernel
     else:
         est.notes["activations: blocks: of which cells + convs (kernel-saved)"] = kernel
-    # backward transients: the logits' gradient (fp32 softmax grad + its cast), and two residual-stream grads
+    # backward transients: the logits' gradient (fp32 softmax grad + its cast), two residual-stream grads and
+    # (Triton) the recomputed per-chunk states of one layer
     vocab_grad = 0.0 if fused else sh.B * sh.S * (m.vocab_size // layout.tp) * (4 + sh.act)
-    est.parts["backward buffers (logits grad, residual grads)"] = vocab_grad + 2 * sh.B * sh.S_sp * m.embedding_dim * 4
+    backward = vocab_grad + 2 * sh.B * sh.S_sp * m.embedding_dim * 4
+    if backend == "triton":  # the per-chunk states of the layer being differentiated are recomputed
+        from .kernel_states import mlstm_triton_backward_states
+
+        Q = m.qk_head_dim if m.family == "large" else m.mlstm_inner_dim // m.num_heads
+        V = m.v_head_dim if m.family == "large" else Q
+        backward += mlstm_triton_backward_states(sh.B * m.num_heads // layout.tp, sh.NC, Q, V)
+    est.parts["backward transients"] = backward
     live = est.total
     est.parts["allocator overhead + CUDA context"] = ALLOCATOR_OVERHEAD * live + CUDA_CONTEXT_BYTES
     return est

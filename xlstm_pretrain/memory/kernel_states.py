@@ -50,17 +50,24 @@ def mlstm_torch_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: in
 
 def mlstm_triton_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int,
                            reset: bool) -> Terms:
-    """``kernels/mlstm/chunkwise_triton.py`` ``_MLSTMChunkwiseTriton.forward``: save_for_backward(q, k, v, f,
-    lf, ig, rs, C_all, n_all, m_all, m_row, den, h). q, k, v are contiguous copies of the heads views (input
-    dtype), C_all / n_all / m_all the fp32 state before every chunk and after the last (NC + 1)."""
+    """``kernels/mlstm/chunkwise_triton.py`` ``_MLSTMChunkwiseTriton.forward`` with
+    RECOMPUTE_STATES_IN_BACKWARD (the default): save_for_backward(q, k, v, f, lf, ig, rs, C0, n0, m0, m_row,
+    den, h). q, k, v are contiguous copies of the heads views (input dtype); only the fp32 initial state is
+    kept, the per-chunk states are recomputed in backward (``mlstm_triton_backward_states``)."""
     return [
         ("q, k, v (contiguous copies)", H * S * (2 * Q + V) * a),
         ("f, log f, i, m_row, den", H * S * (a + 4 * F32)),
         ("reset (int32)", B * S * I32 if reset else 0),
-        ("C, n, m per chunk (fp32, NC + 1)", H * (NC + 1) * (Q * V + Q + 1) * F32),
+        ("initial C, n, m (fp32)", H * (Q * V + Q + 1) * F32),
         ("h", H * S * V * a),
         ("h upcast to fp32 by the output norm", H * S * V * F32 if a != F32 else 0),
     ]
+
+
+def mlstm_triton_backward_states(H: int, NC: int, Q: int, V: int) -> float:
+    """Backward transient of the Triton mLSTM: the fp32 (C, n, m) before every chunk, recomputed for the one
+    layer being differentiated (C_all, n_all, m_all: NC + 1 states), plus their gradients dC_all, dn_all."""
+    return 2 * H * (NC + 1) * (Q * V + Q + 1) * F32
 
 
 def mlstm_fla_chunk(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int, reset: bool) -> Terms:
@@ -129,22 +136,19 @@ def slstm_cell(backend: str, **kw) -> Terms:
 
 def causal_conv(B: int, S: int, C: int, K: int, a: int, reset: bool) -> Terms:
     """``model/components.py`` ``CausalConv1d`` (torch path). Without resets F.conv1d saves its padded input
-    (B, S + K - 1, C). With resets the K-tap loop saves, per tap, the same-document mask (bool) and the
-    masked input (read by the product with the tap weight): K activation-sized tensors, K x the plain conv
-    (the lead is changing this path to save no more than the plain conv: update here). Both: the output
-    (+ bias) that the SiLU after it saves."""
-    if not reset:
-        return [("conv input (padded)", B * (S + K - 1) * C * a), ("conv output", B * S * C * a)]
+    (B, S + K - 1, C); with resets ``DocumentMaskedConv`` saves the same padded input and an int32 document
+    index per position (its backward rebuilds the masks). Both: the output (+ bias) that the SiLU after it
+    saves."""
     return [
-        ("per-tap same-document masks (bool)", K * B * S * BOOL),
-        ("per-tap masked inputs", K * B * S * C * a),
+        ("conv input (padded)", B * (S + K - 1) * C * a),
+        ("document index (int32)", B * (S + K - 1) * I32 if reset else 0),
         ("conv output", B * S * C * a),
     ]
 
 
 def conv_output_copies(reset: bool) -> int:
     """F.conv1d's output is a transposed (non-contiguous) view, so each headwise projection reading it
-    copies it; the reset path's output is contiguous and is read in place."""
+    copies it; ``DocumentMaskedConv``'s output (resets) is contiguous and is read in place."""
     return 0 if reset else 1
 
 
