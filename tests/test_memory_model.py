@@ -3,7 +3,8 @@
 Activations: the predicted saved-tensor bytes (per part: blocks, or checkpointed block inputs + one block's
 recompute; embedding, logits and loss) against the bytes the saved-tensor hooks count in a real forward +
 loss (tools/bench/activation_memory.py), within 10 %, for both families, the torch backend in every precision
-with and without activation checkpointing, and the Triton kernels (under TRITON_INTERPRET=1 on CPU). A
+with and without activation checkpointing, and the Triton and FLA kernels (under TRITON_INTERPRET=1 on CPU;
+a default-tier case each, every case in the slow tier); and per rank under TP, TP + SP and CP (2 gloo ranks). A
 mismatch names the (family, backend, precision, AC) case; the per-tensor terms are in
 xlstm_pretrain/memory/kernel_states.py and activations.py.
 """
@@ -63,6 +64,37 @@ def test_triton_backend_activations_match_saved_tensors(family, precision, ac):
 def test_triton_backend_every_case(family, precision, ac):
     _needs_triton()
     _check(compare(family, "triton", precision, ac), (family, "triton", precision, ac))
+
+
+@pytest.mark.parametrize("family,precision,ac", [("paper", "fp32", False)])
+def test_fla_backend_activations_match_saved_tensors(family, precision, ac):
+    """FLA's chunk_simple_gla (saves its inputs, recomputes chunk states) and our fp64 stabiliser bookkeeping."""
+    _needs_triton()
+    pytest.importorskip("fla")
+    _check(compare(family, "fla", precision, ac), (family, "fla", precision, ac))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["paper", "large"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("ac", [False, True], ids=["no_ac", "ac"])
+def test_fla_backend_every_case(family, precision, ac):
+    _needs_triton()
+    pytest.importorskip("fla")
+    _check(compare(family, "fla", precision, ac), (family, "fla", precision, ac))
+
+
+def test_sharded_layouts_match_saved_tensors_per_rank():
+    """TP (with and without SP) and CP shard what each rank saves: 2 gloo ranks, every rank within 10 %."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from dist_utils import run_distributed
+    from activation_memory import measure_sharded_blocks
+
+    for family in ("paper", "large"):
+        per_rank = run_distributed(measure_sharded_blocks, 2, family, [(2, False, 1), (2, True, 1), (1, False, 2)])
+        for rank, rows in enumerate(per_rank):
+            for (tp, sp, cp), p, m in rows:
+                _check([("blocks", p, m)], (family, f"rank {rank}", f"TP={tp}", f"SP={sp}", f"CP={cp}"))
 
 
 def test_saved_activation_bytes_skips_parameters_and_their_views():

@@ -45,12 +45,12 @@ def _precision_context(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
-def measure_model(model, ids, reset=None, precision: str = "fp32", activation_checkpointing: bool = False) -> dict:
+def measure_model(model, ids, reset=None, precision: str = "fp32", loss: bool = True) -> dict:
     """Saved bytes of forward + loss, split as the memory model splits them.
 
-    Returns {"blocks": [bytes of block i], "outside": embedding + head + loss, "block_inputs": bytes of the
-    blocks' inputs}. Each storage is counted once, in the part that saves it first. With
-    ``activation_checkpointing`` the model must have been wrapped (train/setup.py); the blocks' saved
+    Returns {"blocks": [bytes of block i], "outside": embedding + head (+ loss), "block_inputs": bytes of the
+    blocks' inputs}. Each storage is counted once, in the part that saves it first. If the model has been
+    wrapped for activation checkpointing (train/setup.py), the blocks' saved
     tensors are then invisible here: what the hook still sees inside them is what the checkpoint keeps (their
     inputs); the one-block recompute is measured by a plain forward of the same model.
     """
@@ -76,7 +76,8 @@ def measure_model(model, ids, reset=None, precision: str = "fp32", activation_ch
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _precision_context(precision):
             logits = model(ids, doc_boundaries=reset)
-            F.cross_entropy(logits.float().flatten(0, -2), ids.flatten())
+            if loss:
+                F.cross_entropy(logits.float().flatten(0, -2), ids.flatten())
     finally:
         for h in hooks:
             h.remove()
@@ -105,18 +106,56 @@ def measured_peak(model_cfg, B: int, S: int, precision: str, activation_checkpoi
         rs = torch.zeros(B, S, dtype=torch.bool)
         rs[:, 0] = True
         rs[:, S // 3] = True
-    with _precision_context(precision):  # warm-up: kernel self-checks run here, outside the count
-        model(ids[:, :16], doc_boundaries=None if rs is None else rs[:, :16])
-    plain = measure_model(model, ids, rs, precision)
+    from xlstm_kernels import selfcheck
+
+    # Count the configured kernel's tensors even where its self-check fails (FLA in bf16 under the Triton
+    # interpreter): a fallback to the torch reference would silently measure another backend.
+    override = selfcheck._mode_override  # restored as it was (None: the environment's setting)
+    selfcheck.set_mode("off")
+    try:
+        plain = measure_model(model, ids, rs, precision)
+        if activation_checkpointing:
+            from xlstm_pretrain.train.setup import enable_activation_checkpointing
+
+            enable_activation_checkpointing(model)
+            ckpt = measure_model(model, ids, rs, precision)
+    finally:
+        selfcheck.set_mode(override)
     if not activation_checkpointing:
         return {"blocks": sum(plain["blocks"]), "embedding, logits, loss": plain["outside"]}
-    from xlstm_pretrain.train.setup import enable_activation_checkpointing
-
-    enable_activation_checkpointing(model)
-    ckpt = measure_model(model, ids, rs, precision)
     # what the hook still sees inside the checkpointed blocks is what the checkpoint keeps: their inputs
     return {"block inputs (checkpointed)": sum(ckpt["blocks"]), "one block recomputed": max(plain["blocks"]),
             "embedding, logits, loss": ckpt["outside"]}
+
+
+def measure_sharded_blocks(family: str, layouts, B: int = 2, S: int = 64) -> list[tuple]:
+    """On each rank of a process group (tests/dist_utils.run_distributed): [(layout, predicted, measured)] saved
+    bytes of the blocks per rank, fp32 torch backend, document resets, for (tp, sp, cp) layouts that use all
+    ranks (DP = 1)."""
+    from xlstm_pretrain.memory.activations import block
+    from xlstm_pretrain.memory.kernel_states import total
+    from xlstm_pretrain.memory.shapes import shapes_for
+    from xlstm_pretrain.model import build_model
+    from xlstm_pretrain.parallel import (ParallelConfig, apply_context_parallel, init_parallel_state,
+                                         parallelize_model, shard_sequence)
+
+    rows = []
+    cfg = small_model(family, "torch")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (B, S), generator=g)
+    rs = torch.zeros(B, S, dtype=torch.bool)
+    rs[:, 0] = True
+    rs[:, S // 3] = True
+    for tp, sp, cp in layouts:
+        state = init_parallel_state(ParallelConfig(tensor_parallel=tp, sequence_parallel=sp, context_parallel=cp))
+        torch.manual_seed(0)
+        model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
+        local = shard_sequence(dict(ids=ids, rs=rs), state, cfg.chunk_size)
+        measured = sum(measure_model(model, local["ids"], local["rs"], loss=False)["blocks"])
+        sh = shapes_for(cfg, S, B, tp=tp, cp=cp, sp=sp, precision="fp32", reset=True)
+        predicted = sum(total(block(cfg, kind, sh, "torch")) for kind in cfg.block_types)
+        rows.append(((tp, sp, cp), predicted, measured))
+    return rows
 
 
 def predicted_peak(model_cfg, B: int, S: int, precision: str, activation_checkpointing: bool, reset: bool) -> dict:
