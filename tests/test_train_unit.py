@@ -264,8 +264,8 @@ def test_generated_deepspeed_config(capsys):
                "train.zero_stage=2", "train.precision=bf16-params"])
     assert rc == 0
     ds = json.loads(capsys.readouterr().out)
-    # DP = 8 / TP 2 = 4; 256 = 16 x 4 x 4 accumulation steps
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 16, 4)
+    # DP = 8 / TP 2 = 4; 256 = 8 x 4 x 8 accumulation steps (the run's micro-batch 8: tools/plan.py)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (256, 8, 8)
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and ds["gradient_clipping"] == 1.0
     assert ds["zero_allow_untested_optimizer"] and "optimizer" not in ds  # our torch AdamW, not a JIT-built one
 
