@@ -25,7 +25,8 @@ RUNS = ["xlstm_1_0_125m_15b", "xlstm_7_1_125m_15b", "xlstm_1_0_350m_15b"]
 
 
 def overrides_for(data: Path, run_dir: Path, steps: int, backend: str) -> list[str]:
-    return [f"data.train=[{{path: {data / 'tokens'}}}]", "data.validation=[]", f"train.tokenizer={data / 'tokenizer.json'}",
+    return [f"data.train=[{{path: {data / 'tokens'}}}]", "data.validation=[]",
+            f"train.tokenizer={data / 'tokenizer.json'}",
             f"train.run_dir={run_dir}", f"train.steps={steps}", "optim.warmup_steps=1", "optim.decay_steps=1",
             f"model.backend={backend}", "logging.interval=1", "logging.wandb=disabled", "eval.interval=0",
             "eval.flop_milestones_per_decade=0", "eval.at_end=false", "checkpoint.interval=0",

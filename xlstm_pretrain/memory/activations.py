@@ -7,6 +7,8 @@ run in bf16 (their inputs are saved as bf16 copies, and so are the bf16 copies o
 bf16 parameters (bf16-params) everything outside the cells and the norms' fp32 reductions is bf16.
 TP shards heads and projection widths by ``tp``; SP splits the tensors between TP regions (the residual
 stream, the norms) by ``tp`` along the sequence; CP splits the sequence (``Shapes.S``).
+Not modelled separately: model.fused_ops=fla's norms and conv (counted as the torch ones; only its fused loss,
+which never materialises the logits, is).
 """
 
 from __future__ import annotations
@@ -76,17 +78,17 @@ def large_block(cfg, sh: Shapes, backend: str) -> Terms:
     qk, v, F = cfg.qk_dim // tp, cfg.v_dim // tp, cfg.ffn_dim // tp
     Q, V = cfg.qk_head_dim, cfg.v_head_dim
     # RMSNorm keeps the fp32 input and the normalised x (in the residual dtype), then x * weight
-    rms = [("RMSNorm input fp32 + normalised", B * sh.S_sp * d * (F32 + sh.resid)), ("RMSNorm rsqrt", B * sh.S_sp * F32)]
+    rms = [("RMSNorm input fp32 + normalised", B * sh.S_sp * d * (F32 + sh.resid)),
+           ("RMSNorm rsqrt", B * sh.S_sp * F32)]
     t = list(rms)
-    t += [("q/k/v/o/i/f input (gathered under SP)", _linear_inputs(sh, B * S * d, 6)), ("soft-capped gates", 2 * B * S * NH * a),
-          ("sigmoid(o)", B * S * v * a)]
-    if a != F32:
-        t += [("k upcast to fp32", 0)]  # counted by the cell's "k fp32" term
+    t += [("q/k/v/o/i/f input (gathered under SP)", _linear_inputs(sh, B * S * d, 6)),
+          ("soft-capped gates", 2 * B * S * NH * a), ("sigmoid(o)", B * S * v * a)]
     t += ks.mlstm_cell(backend, H=B * NH, B=B, S=S, L=sh.L, NC=sh.NC, Q=Q, V=V, a=a, reset=sh.reset)
     t += [("multi-head norm stats + normalised", B * S * (2 * NH + v) * F32),
           ("normed h, gated product", 2 * B * S * v * a)]
     t += rms
-    t += [("SwiGLU input (gathered under SP)", _linear_inputs(sh, B * S * d, 2)), ("SwiGLU up_gate, up, SiLU, product", 4 * B * S * F * a)]
+    t += [("SwiGLU input (gathered under SP)", _linear_inputs(sh, B * S * d, 2)),
+          ("SwiGLU up_gate, up, SiLU, product", 4 * B * S * F * a)]
     t += _weight_copies(sh, 2 * d * qk + 2 * d * v + v * d + 2 * d * NH + 3 * d * F)
     return t
 

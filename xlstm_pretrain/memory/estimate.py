@@ -64,7 +64,8 @@ class MemoryEstimate:
             for note, nb in self.notes.items():
                 if note.startswith(name + ": "):
                     lines.append(f"    {note[len(name) + 2:]:46s} {nb / GIB:9.2f} GiB")
-        verdict = "fits" if self.fits() else ("fits, but with < 10 % headroom" if self.headroom >= 0 else "DOES NOT FIT")
+        verdict = ("fits" if self.fits() else
+                   "fits, but with < 10 % headroom" if self.headroom >= 0 else "DOES NOT FIT")
         lines.append(f"  {'total':48s} {self.total / GIB:9.2f} GiB of {self.gpu.memory_bytes / GIB:.1f} GiB "
                      f"({100 * self.headroom:.0f} % free): {verdict}")
         return "\n".join(lines)

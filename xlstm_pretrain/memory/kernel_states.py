@@ -12,8 +12,6 @@ projections' output).
 
 from __future__ import annotations
 
-import math
-
 F32, F64, BOOL, I32 = 4, 8, 1, 4
 
 Terms = list[tuple[str, float]]
@@ -156,4 +154,4 @@ def total(terms: Terms) -> float:
     return float(sum(b for _, b in terms))
 
 
-__all__ = ["causal_conv", "mlstm_cell", "slstm_cell", "total", "math"]
+__all__ = ["causal_conv", "conv_output_copies", "mlstm_cell", "mlstm_triton_backward_states", "slstm_cell", "total"]
