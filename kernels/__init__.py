@@ -120,6 +120,16 @@ def resolve_backend(backend: str, device, form: str = "chunkwise") -> tuple[str,
     return "torch", "auto: no Triton backend registered"
 
 
+def register_document_boundaries(reset: torch.Tensor, reset_host: torch.Tensor) -> None:
+    """Hand the kernels the host copy of a batch's document-boundary mask (``reset`` is the same mask on
+    the compute device). Kernels that need boundary positions on the host (FLA's varlen layout, for the
+    mLSTM and the fused causal conv) take them from here instead of synchronising with the device in
+    every layer. Call once per micro-batch, after moving the mask; a no-op cost otherwise."""
+    from .mlstm.fla import register_host_boundaries
+
+    register_host_boundaries(reset, reset_host)
+
+
 def _unknown_backend(kind: str, backend: str, available) -> ValueError:
     if backend in MISSING_BACKENDS:
         return ValueError(f"{kind} backend {backend!r} is not available: {MISSING_BACKENDS[backend]}")
@@ -151,6 +161,7 @@ def slstm(wx, R, b, *, backend="torch", **kwargs):
 
 __all__ = [
     "AUTO_CUDA_ORDER", "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "resolve_backend", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
-    "mlstm_chunkwise", "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "slstm_recurrent", "slstm_step",
+    "mlstm_chunkwise", "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "register_document_boundaries",
+    "slstm_recurrent", "slstm_step",
     "slstm_zero_state", "zero_state",
 ]

@@ -257,3 +257,83 @@ def test_model_with_fla_backend_matches_torch_backend():
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
     for g, g0 in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(g, g0, atol=1e-5, rtol=1e-4)
+
+
+def test_chunk_size_is_honoured_or_refused(monkeypatch):
+    seen = []
+    real = fla_mod._load()
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["chunk_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fla_mod, "_chunk_simple_gla", spy)
+    xs, _, _ = problem(1, 1, 300, 16, 16, reset_p=0.0)
+    h = fla_mod.mlstm_fla(*xs[:5], initial_state=tuple(xs[5:]), chunk_size=128)
+    assert seen and set(seen) == {128}  # numerator and normaliser calls, at the configured chunk size
+    ref = mlstm_chunkwise(*(x.double() for x in xs[:5]), initial_state=tuple(x.double() for x in xs[5:]))
+    assert rel_err(h, ref) < 1e-4
+    for bad in (8, 256, 48):
+        with pytest.raises(ValueError, match=f"chunk_size={bad} is not supported"):
+            fla_mod.mlstm_fla(*xs[:5], chunk_size=bad)
+
+
+def test_values_are_not_padded(monkeypatch):
+    """The numerator runs at the model's head dim (no ones column appended to v)."""
+    widths = []
+    real = fla_mod._load()
+
+    def spy(q, k, v, g, **kwargs):
+        widths.append(v.shape[-1])
+        return real(q, k, v, g, **kwargs)
+
+    monkeypatch.setattr(fla_mod, "_chunk_simple_gla", spy)
+    xs, reset, _ = problem(1, 2, 21, 16, 32)
+    fla_mod.mlstm_fla(*xs[:5], reset=reset, chunk_size=16)
+    assert sorted(widths) == [fla_mod.NORMALISER_V, 32]
+
+
+def test_registered_boundaries_mean_no_host_sync_in_the_model(monkeypatch):
+    """With the host copy of the mask registered once per batch (what the trainer does), neither the mLSTM
+    nor the fused conv copies boundary positions from the device; unregistered, every layer would."""
+    from xlstm_pretrain.model import ModelConfig, build_model
+
+    calls = []
+    real = fla_mod._segments_from_device_mask
+    monkeypatch.setattr(fla_mod, "_segments_from_device_mask", lambda r: calls.append(1) or real(r))
+    torch.manual_seed(1)
+    cfg = ModelConfig(family="large", vocab_size=61, embedding_dim=64, num_blocks=2, num_heads=4, chunk_size=16,
+                      backend="fla", fused_ops="fla")
+    model = build_model(cfg).to(DEVICE)
+    ids = torch.randint(0, 61, (2, 24), device=DEVICE)
+    bounds_host = torch.zeros(2, 24, dtype=torch.bool)
+    bounds_host[0, [0, 9]] = bounds_host[1, [0, 17]] = True
+    bounds = bounds_host.to(DEVICE)
+    model(ids, doc_boundaries=bounds).sum().backward()  # first use: the kernel's self-check runs too
+    calls.clear()
+    model(ids, doc_boundaries=bounds).sum().backward()
+    assert len(calls) == cfg.num_blocks  # one sync per mLSTM layer when nobody registered the mask
+    calls.clear()
+    bounds = bounds_host.to(DEVICE).clone()
+    xlstm_kernels.register_document_boundaries(bounds, bounds_host)
+    model(ids, doc_boundaries=bounds).sum().backward()
+    assert calls == []
+
+
+def test_the_only_host_sync_is_the_unregistered_mask_path():
+    """Static guard: .cpu()/.item()/.tolist() appear in the FLA paths only inside _segments_from_device_mask."""
+    import ast
+    import inspect as insp
+
+    from xlstm_pretrain.model import fused_fla
+
+    for mod in (fla_mod, fused_fla):
+        tree = ast.parse(insp.getsource(mod))
+        allowed = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "_segments_from_device_mask":
+                allowed |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("cpu", "item", "tolist") and id(node) not in allowed):
+                raise AssertionError(f"{mod.__name__}: .{node.func.attr}() at line {node.lineno}")

@@ -13,8 +13,8 @@ The mLSTM recurrence *in its stabilised form* is exactly that (per head, m_t the
   m_t = max(logsigmoid(f~_t) + m_{t-1}, i~_t)                      (the recurrent form's running max)
   C~_t = exp(lf_t + m_{t-1} - m_t) C~_{t-1} + exp(i~_t - m_t) k_t v_t^T,   n~_t likewise with k_t,
 so we feed   g'_t = lf_t + m_{t-1} - m_t (<= 0),   k'_t = k_t exp(i~_t - m_t) (factor <= 1),
-v' = [v, 1] (the extra ones column makes the last output column n~_t^T q̂_t, the normaliser) and the
-initial state [C~0, n~0] as it is (no conversion). Then o_t = [num~_t, den~_t] and
+and run the kernel twice: with v (initial state C~0) for num~_t, and with a block of ones as values
+(initial state n~0 in every column) for den~_t = n~_t^T q̂_t, the normaliser. Then
   h_t = num~_t / (max(|den~_t|, exp(-m_t)) + eps)
 is the reference formula term for term, eps included (same eps convention as the torch reference for
 both model families), and the final kernel state is the reference's final (C, n) with m = m_S.
@@ -30,11 +30,13 @@ differences exact to ~1e-12 at any length). It matters only through eps: any m w
 function with eps = 0, and the telescoping sums of g' cancel errors in m.
 
 Document resets (varlen). The B rows are flattened into one sequence of B*S tokens cut at every row
-start and every reset (``cu_seqlens``, FLA's varlen layout, batch 1). The initial state of a segment
+start and every reset (``cu_seqlens``, FLA's varlen layout, batch 1); the trainer builds that layout
+once per micro-batch from the loader's host copy of the mask (``register_host_boundaries``), so no
+layer synchronises with the device. The initial state of a segment
 that starts a row is that row's initial state (the zero state if the row also resets at t = 0), of a
 segment starting at a reset the zero state (C, n, m) = 0; the final state of a row is the final state
-of its last segment. Without ``reset`` the batched (non-varlen) path is used: no host sync.
-Building ``cu_seqlens`` needs the reset positions on the host (one device sync per call).
+of its last segment. Without ``reset`` the batched (non-varlen) path is used. Building ``cu_seqlens`` needs the reset
+positions on the host: for a mask nobody registered they are copied from the device (one sync per call).
 
 Precision notes. FLA runs q, k', v' in the input dtype with fp32 accumulation; the outputs num~, den~
 come back in the input dtype (bf16 for bf16 inputs) before the division, and FLA stores the per-chunk
@@ -44,7 +46,8 @@ precision (~1e-3 relative); under the Triton interpreter the products are exact 
 within a chunk and exponentiates differences of those sums (like our Triton kernel, unlike the torch
 reference, which sums the log-forget matrix directly). fp64 inputs use the torch chunkwise reference.
 Single-token calls (S == 1, generation) use the torch recurrent step, as ``backend="torch"`` does.
-``chunk_size`` is passed to FLA clamped to [16, 64] (it only changes rounding). Gradients flow into
+``chunk_size`` is passed to FLA as configured (one of ``FLA_CHUNK_SIZES``, else a ValueError; it
+only changes rounding). Gradients flow into
 q, k, v, i, f and the initial state (C, n, m) (FLA returns dh0; m0 enters through g' and m).
 
 Triton interpreter (TRITON_INTERPRET=1, CPU tensors). FLA 0.6.0 runs there after two small shims
@@ -68,6 +71,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -168,22 +172,71 @@ def stabiliser(log_f: torch.Tensor, i: torch.Tensor, starts: torch.Tensor, m_sta
     return bs + ((z + lift).cummax(-1).values - lift)
 
 
+def _segments_from_host_mask(reset: torch.Tensor, reset_host: torch.Tensor):
+    """The varlen layout (see ``segments``) with the start positions taken from the host copy of the mask:
+    nothing waits for the device (the small cu_seqlens upload is asynchronous)."""
+    B, S = reset.shape
+    starts = reset.clone()
+    starts[:, 0] = True
+    starts_host = reset_host.to(torch.bool).clone()
+    starts_host[:, 0] = True
+    cu_cpu = torch.cat([starts_host.reshape(-1).nonzero().reshape(-1), torch.tensor([B * S])])
+    cu = cu_cpu.to(reset.device, non_blocking=True)
+    counts = starts.long().sum(-1)  # segments per row, on the device
+    last_seg = counts.cumsum(0) - 1
+    first_seg = last_seg - counts + 1
+    return starts, cu, cu_cpu, first_seg, last_seg
+
+
+_segments_cache: dict[int, tuple] = {}  # id(reset) -> (weakref to reset, its version, the layout)
+_segments_lock = threading.Lock()
+
+
+def register_host_boundaries(reset: torch.Tensor, reset_host: torch.Tensor) -> None:
+    """Remember the varlen layout of the device mask ``reset`` built from ``reset_host`` (the same mask on
+    the CPU, e.g. the loader's copy before it was moved): every layer of this forward and backward then
+    reads it from here, and the model never synchronises with the device for it."""
+    if tuple(reset.shape) != tuple(reset_host.shape):
+        raise ValueError(f"host mask {tuple(reset_host.shape)} does not match the device mask {tuple(reset.shape)}")
+    layout = _segments_from_host_mask(reset.to(torch.bool), reset_host)
+    with _segments_lock:
+        for key in [k for k, (ref, _, _) in _segments_cache.items() if ref() is None]:
+            del _segments_cache[key]  # masks of earlier batches that are gone
+        _segments_cache[id(reset)] = (weakref.ref(reset), reset._version, layout)
+
+
 def segments(reset: torch.Tensor):
     """Varlen layout of B rows cut at resets.
 
     Returns (starts (B, S) bool, cu_seqlens (N+1,) long on the device, cu_seqlens_cpu, first_seg (B,) long:
     index of each row's first segment, last_seg (B,) long: index of each row's last segment).
+    Taken from ``register_host_boundaries`` when the trainer registered this mask; otherwise the start
+    positions are copied from the device (one synchronisation per call).
     """
-    B, S = reset.shape
-    starts = reset.clone()
-    starts[:, 0] = True
-    flat = starts.reshape(-1).nonzero().reshape(-1)  # flattened start positions (sorted)
-    cu_cpu = torch.cat([flat.cpu(), torch.tensor([B * S])])
-    cu = cu_cpu.to(reset.device)
-    counts = starts.long().sum(-1)  # segments per row
-    last_seg = counts.cumsum(0) - 1
-    first_seg = last_seg - counts + 1
-    return starts, cu, cu_cpu, first_seg, last_seg
+    with _segments_lock:
+        hit = _segments_cache.get(id(reset))
+    if hit is not None and hit[0]() is reset and hit[1] == reset._version:
+        return hit[2]
+    return _segments_from_device_mask(reset)
+
+
+def _segments_from_device_mask(reset: torch.Tensor):
+    """The layout of a mask nobody registered: its start positions are copied to the host, which waits
+    for the device. The only host synchronisation of this module and of model/fused_fla.py."""
+    return _segments_from_host_mask(reset.to(torch.bool), reset.cpu())
+
+
+# Width of the ones block whose values give the normaliser (tl.dot needs >= 16 along every dim).
+NORMALISER_V = 16
+FLA_CHUNK_SIZES = (16, 32, 64, 128)
+
+
+def fla_chunk_size(chunk_size: int) -> int:
+    """The chunk size FLA's kernels run with: the configured one, or a clear error (never a silent clamp)."""
+    if chunk_size not in FLA_CHUNK_SIZES:
+        raise ValueError(f"backend 'fla': chunk_size={chunk_size} is not supported by flash-linear-attention's "
+                         f"chunk kernels; use one of {FLA_CHUNK_SIZES} (model.chunk_size)")
+    return chunk_size
 
 
 def mlstm_fla(
@@ -220,8 +273,8 @@ def mlstm_fla(
         starts[:, 0] = True
         cu = cu_cpu = None
     else:
+        starts, cu, cu_cpu, first_seg, last_seg = segments(reset)  # the mask the trainer registered
         reset = reset.to(device=device, dtype=torch.bool)
-        starts, cu, cu_cpu, first_seg, last_seg = segments(reset)
     # m of the state each segment starts from: the row's m0 at t = 0 (unless the row resets there), else
     # the zero state's m = 0
     m_start = torch.zeros(B, NH, S, dtype=torch.float64, device=device)
@@ -235,45 +288,47 @@ def mlstm_fla(
     g = (log_f + m_prev - m).float()  # <= 0 up to rounding
     w_k = torch.exp(ig - m).to(cdt)  # <= 1
 
-    # ---- FLA inputs: [B, T, H, D] layout, v with a ones column ----------------------------------
+    # ---- FLA inputs: [B, T, H, D] layout ---------------------------------------------------------
+    # Two calls with the same q, k', g: the numerator with v as it is (DHV stays the model's aligned
+    # head dim) and the normaliser n~^T q with a block of ones as values (NORMALISER_V columns, the
+    # narrowest tile tl.dot takes; column 0 is used). Appending the ones column to v instead would
+    # make DHV + 1 (unaligned rows and one more V tile for every head at 7B).
     def bthd(x):
         return x.transpose(1, 2)
 
     dt = q.dtype
     qf = bthd(q)
     kf = bthd((k.to(cdt) * w_k[..., None]).to(dt))
-    # [v, 1] (+ a zero column when DHV + 1 is odd: FLA's bf16/fp16 backward needs an even V)
-    extra = torch.zeros(B, NH, S, 1 + (DHV + 1) % 2, dtype=dt, device=device)
-    extra[..., 0] = 1.0
-    vf = bthd(torch.cat([v.to(dt), extra], -1))
-    DV1 = vf.shape[-1]
+    vf = bthd(v.to(dt))
+    ones = torch.ones(B, S, NH, NORMALISER_V, dtype=dt, device=device)
     gf = bthd(g)
-    h0 = None
-    if C0 is not None:
-        h0 = F.pad(torch.cat([C0, n0[..., None]], -1), (0, DV1 - DHV - 1))  # (B, NH, DHQK, DV1), scaled by exp(-m0)
-    kwargs = dict(scale=DHQK**-0.5, output_final_state=return_final_state,
-                  chunk_size=max(16, min(64, chunk_size)))
+    h0 = h0_den = None
+    if C0 is not None:  # scaled by exp(-m0), as the stabilised recurrence carries them
+        h0, h0_den = C0, n0[..., None].expand(B, NH, DHQK, NORMALISER_V)
+    kwargs = dict(scale=DHQK**-0.5, output_final_state=return_final_state, chunk_size=fla_chunk_size(chunk_size))
     if cu is not None:
-        qf, kf, vf, gf = (x.reshape(1, B * S, *x.shape[2:]) for x in (qf, kf, vf, gf))
+        qf, kf, vf, ones, gf = (x.reshape(1, B * S, *x.shape[2:]) for x in (qf, kf, vf, ones, gf))
         if h0 is not None:  # per segment: the row's state for a row's first segment, else zeros
             N = cu.numel() - 1
             src = torch.full((N,), B, dtype=torch.long, device=device)
             rows = torch.arange(B, device=device)
             src[first_seg.to(device)] = torch.where(reset[:, 0], B, rows)  # a reset at t = 0 drops the state
-            h0 = torch.cat([h0, h0.new_zeros(1, *h0.shape[1:])])[src]
+            h0, h0_den = (torch.cat([x, x.new_zeros(1, *x.shape[1:])])[src] for x in (h0, h0_den))
         kwargs.update(cu_seqlens=cu, cu_seqlens_cpu=cu_cpu)
-    o, ht = chunk_simple_gla(qf.contiguous(), kf.contiguous(), vf.contiguous(), gf.contiguous(),
-                             initial_state=None if h0 is None else h0.contiguous(), **kwargs)
+    qf, kf, gf = qf.contiguous(), kf.contiguous(), gf.contiguous()
+    num, ht = chunk_simple_gla(qf, kf, vf.contiguous(), gf, initial_state=None if h0 is None else h0.contiguous(),
+                               **kwargs)
+    den, ht_den = chunk_simple_gla(qf, kf, ones, gf, initial_state=None if h0_den is None else h0_den.contiguous(),
+                                   **kwargs)
 
     # ---- outputs ----------------------------------------------------------------------------------
-    o = o.reshape(B, S, NH, DV1).transpose(1, 2).to(cdt)  # (B, NH, S, DV1)
+    num = num.reshape(B, S, NH, DHV).transpose(1, 2).to(cdt)  # (B, NH, S, DHV)
+    den = den.reshape(B, S, NH, NORMALISER_V)[..., 0].transpose(1, 2).to(cdt)  # (B, NH, S)
     m32 = m.to(cdt)
-    den = o[..., DHV]
-    h = o[..., :DHV] / (torch.maximum(den.abs(), torch.exp(-m32)) + eps)[..., None]
+    h = num / (torch.maximum(den.abs(), torch.exp(-m32)) + eps)[..., None]
     h = h.to(v.dtype)
     if not return_final_state:
         return h
     if cu is not None:
-        ht = ht[last_seg.to(device)]
-    ht = ht.to(cdt)
-    return h, (ht[..., :DHV], ht[..., DHV], m32[..., -1:])
+        ht, ht_den = ht[last_seg.to(device)], ht_den[last_seg.to(device)]
+    return h, (ht.to(cdt), ht_den[..., 0].to(cdt), m32[..., -1:])

@@ -53,6 +53,7 @@ def micro_batch_loss(engine, batch: dict, device, autocast, state) -> torch.Tens
     labels = batch["labels"].to(device, non_blocking=True)
     inputs = (batch["input_ids"].to(device, non_blocking=True),)
     bounds = batch["doc_boundaries"].to(device, non_blocking=True)
+    xlstm_kernels.register_document_boundaries(bounds, batch["doc_boundaries"])  # no per-layer host syncs
     if fused_loss_applies(engine.module):
         with autocast:
             hidden = engine(*inputs, doc_boundaries=bounds, return_hidden=True)
