@@ -40,7 +40,7 @@ def test_include_chain_and_round_trip(tmp_path):
     ("model: {}\n", ["model.num_blocks=4", "model.slstm_at=[4]"], r"slstm_at indices \[4\] out of range"),
     ("model: {}\n", ["model.family=large", "model.slstm_at=[0]"], r"slstm_at is only valid"),
     ("model: {}\n", ["model.family=huge"], r"'model\.family' must be one of \['paper', 'large'\]"),
-    ("model: {}\n", ["model.backend=cuda"], r"backend must be one of"),
+    ("model: {}\n", ["model.backend=cuda"], r"backend must be 'auto' or one of"),
     ("model: {}\n", ["model.tie_embeddings=1"], r"override 'model\.tie_embeddings=1': 'model\.tie_embeddings' must be bool"),
     ("model: {}\n", ["model.num_blocks"], r"expected key=value"),
     ("model: [1, 2]\n", [], r"expected a mapping"),

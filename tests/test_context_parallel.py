@@ -15,6 +15,9 @@ CP_CASES += [("paper", 1, 2, False, "triton", False)]  # Triton mLSTM + sLSTM ke
 # every block recomputed in backward: the CP messages are replayed, not resent
 CP_CASES += [("paper", 1, 4, False, "torch", True), ("paper", 2, 2, True, "torch", True),
              ("large", 1, 2, False, "torch", True)]
+# shards that are not whole chunks (chunk_size 8): S = 60 at CP=4 (15 tokens each), 36 at CP=2 x TP=2 + SP
+CP_CASES += [("paper", 1, 4, False, "torch", False, 60), ("large", 1, 4, False, "torch", False, 60),
+             ("paper", 2, 2, True, "torch", False, 36)]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def cp_results():
 
 
 @pytest.mark.parametrize("case", CP_CASES, ids=lambda c: f"{c[0]}-tp{c[1]}-cp{c[2]}-{'sp' if c[3] else 'nosp'}-{c[4]}"
-                                                       + ("-recompute" if c[5] else ""))
+                                                       + ("-recompute" if c[5] else "") + "".join(f"-S{s}" for s in c[6:]))
 def test_cp_matches_single_process(cp_results, case):
     r = cp_results[case]
     assert r["resent"] == 0
@@ -50,5 +53,8 @@ def test_cp_communication_volume_is_the_analytic_minimum(cp_results):
 
 def test_cp_layout_errors_are_clear():
     cfg = tiny_config("paper")
-    with pytest.raises(ConfigError, match="multiple of context_parallel x chunk_size = 4 x 8"):
-        check_layout(cfg, ParallelConfig(context_parallel=4), world_size=4, seq_len=48)
+    with pytest.raises(ConfigError, match="sequence length 50 is not divisible by context_parallel=4"):
+        check_layout(cfg, ParallelConfig(context_parallel=4), world_size=4, seq_len=50)
+    with pytest.raises(ConfigError, match="shorter than the causal conv's halo of 3 tokens"):
+        check_layout(cfg, ParallelConfig(context_parallel=4), world_size=4, seq_len=8)
+    check_layout(cfg, ParallelConfig(context_parallel=4), world_size=4, seq_len=60)  # 15 tokens: ragged chunks

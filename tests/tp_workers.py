@@ -153,7 +153,7 @@ def zero_vs_single_process(family, zero_stage, bf16, steps=5, grad_accum=1, tp=2
         step_loss = 0.0
         for a in range(grad_accum):
             r = slice(rows.start + a * micro, rows.start + (a + 1) * micro)
-            local = shard_sequence(dict(ids=ids[r], labels=labels[r], bounds=bounds[r]), state, cfg.chunk_size)
+            local = shard_sequence(dict(ids=ids[r], labels=labels[r], bounds=bounds[r]), state)
             # token-loss sum of this CP shard / tokens of the whole sequences (gradients are summed over CP)
             logits = engine(local["ids"], doc_boundaries=local["bounds"])
             loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
@@ -203,13 +203,17 @@ def cp_equivalence(cases):
     from xlstm_pretrain.parallel import apply_context_parallel, shard_sequence, token_count
 
     out = {}
-    B, S = 2, 64
-    ids, labels, _ = batch(B=B, S=S)
-    bounds = torch.zeros(B, S, dtype=torch.bool)
-    bounds[:, 0] = True
-    bounds[0, [16, 30, 33, 48]] = True  # on a CP=4 edge (16, 48), just before (30) and after (33) the CP=2 edge
-    bounds[1, [31, 32, 47]] = True  # one token before an edge, on it, and one before another
-    for family, tp, cp, sp, backend, recompute in cases:
+    B = 2
+    for case in cases:
+        family, tp, cp, sp, backend, recompute, *rest = case
+        S = rest[0] if rest else 64  # 64: whole chunks per shard; e.g. 60 at CP=4: 15 tokens, a ragged chunk
+        ids, labels, _ = batch(B=B, S=S)
+        bounds = torch.zeros(B, S, dtype=torch.bool)
+        bounds[:, 0] = True
+        # on a CP=4 edge (16, 48), just before (30) and after (33) the CP=2 edge; one token before an edge,
+        # on it, and one before another
+        bounds[0, [t for t in (16, 30, 33, 48) if t < S]] = True
+        bounds[1, [t for t in (31, 32, 47) if t < S]] = True
         cfg = tiny_config(family)
         cfg.backend = backend
         state = init_parallel_state(ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp))
@@ -226,7 +230,7 @@ def cp_equivalence(cases):
             from xlstm_pretrain.train.setup import enable_activation_checkpointing
 
             enable_activation_checkpointing(model)
-        local = shard_sequence(dict(input_ids=ids, labels=labels, doc_boundaries=bounds), state, cfg.chunk_size)
+        local = shard_sequence(dict(input_ids=ids, labels=labels, doc_boundaries=bounds), state)
         mappings.comm_log = []
         logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"], return_state=True)
         n_fwd = len(mappings.comm_log)
@@ -257,7 +261,7 @@ def cp_equivalence(cases):
                 for a, b in zip(blk_ref[key], blk[key]):
                     if tp == 1:  # (with TP the states hold local heads/channels only)
                         state_err = max(state_err, (a - b).abs().max().item())
-        out[(family, tp, cp, sp, backend, recompute)] = dict(resent=resent,
+        out[tuple(case)] = dict(resent=resent,
             logits=(full_logits - ref_logits).abs().max().item(), loss=abs(total_loss.item() - ref_loss.item()),
             **worst_gradient_errors(grads, ref_grads), state=state_err, fwd_bytes=fwd_bytes, n_fwd=n_fwd,
         )

@@ -46,8 +46,13 @@ def check_layout(model_cfg, parallel_cfg: ParallelConfig, world_size: int, seq_l
             need(m.slstm_num_heads % tp == 0, f"slstm_num_heads={m.slstm_num_heads} is not divisible by "
                                               f"tensor_parallel={tp}")
     if cp > 1 and seq_len is not None:
-        need(seq_len % (cp * m.chunk_size) == 0, f"sequence length {seq_len} must be a multiple of context_parallel x "
-                                                 f"chunk_size = {cp} x {m.chunk_size}")
+        # each rank takes an equal contiguous shard; the kernels handle a ragged last chunk per shard, so
+        # chunk_size does not constrain it, but the conv halo comes from the previous shard alone
+        need(seq_len % cp == 0, f"sequence length {seq_len} is not divisible by context_parallel={cp} (every "
+                                f"rank takes an equal contiguous shard)")
+        halo = max(m.conv1d_kernel_size, m.slstm_conv1d_kernel_size) - 1 if m.family == "paper" else 0
+        need(seq_len // cp >= halo, f"a context-parallel shard of {seq_len} / {cp} tokens is shorter than the causal "
+                                    f"conv's halo of {halo} tokens (conv1d_kernel_size - 1)")
     if parallel_cfg.sequence_parallel and seq_len is not None:
         need((seq_len // cp) % tp == 0, f"sequence length {seq_len} / context_parallel {cp} is not divisible by "
                                         f"tensor_parallel={tp} (sequence parallelism splits it)")

@@ -2,10 +2,11 @@
 runs its chunkwise kernel on its shard, and the recurrent state crosses shard boundaries.
 
 - mLSTM (linear recurrence, xlstm_pretrain/REFERENCE.md §1): each rank summarises its shard as (log F, C, n, m) - the
-  state its shard alone produces from an empty start, and its total log-forget (-inf if a document
-  starts in it). One all-gather of the summaries (B*NH*(DHQK*DHV + DHQK + 2) floats per rank and
-  layer) lets every rank prefix-combine the earlier shards into its initial state without waiting on
-  them; the shard is then run from that state. Backward mirrors it through autograd: the all-gather's
+  state its shard alone produces from an empty start (``xlstm_kernels.mlstm_final_state``: one weighted
+  k^T v, not a pass of the cell), and its total log-forget (-inf if a document starts in it). One
+  all-gather of the summaries (B*NH*(DHQK*DHV + DHQK + 2) floats per rank and layer; a barrier per
+  layer) lets every rank prefix-combine the earlier shards into its initial state without waiting for
+  their cells; the shard is then run from that state. Backward mirrors it through autograd: the all-gather's
   adjoint (a reduce-scatter) returns to every rank the gradient of its summary from all later ranks.
 - sLSTM (non-linear): the state is passed rank to rank (serial, memory still sharded); gradients of
   each received state go back to the previous rank.
@@ -23,8 +24,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+import xlstm_kernels
 from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
 from xlstm_pretrain.model.components import CausalConv1d
@@ -32,9 +33,6 @@ from xlstm_pretrain.model.components import CausalConv1d
 from .mappings import all_gather_stack, depend_on, forward_message, recv_from_previous, send_to_next
 from .state import ParallelState
 
-# "Empty" stabiliser: a state with no contribution at all (not even the zero state's m = 0 floor).
-# Finite, so that every backend handles it; exp(EMPTY_M - anything reachable) is exactly 0 in fp32.
-EMPTY_M = -1e30
 
 
 def combine_mlstm_state(state, summary):
@@ -49,20 +47,15 @@ def combine_mlstm_state(state, summary):
 class ContextParallelMLSTMCell(MLSTMCell):
     cp_group = None
 
-    def _final_state(self, q, k, v, i, f, state, reset):
-        return super().forward(q, k, v, i, f, state, reset, True)[1]
-
     def forward(self, q, k, v, i, f, state=None, reset=None, return_state=False):
         group = self.cp_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         B, NH, S, DHQK = q.shape
         DHV = v.shape[-1]
         cdt = torch.promote_types(q.dtype, torch.float32)
-        # 1. this shard's summary, from an empty state
-        empty = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
-                 q.new_full((B, NH, 1), EMPTY_M, dtype=cdt))
-        # (recomputed in backward rather than stored: the shard's activations are kept once, by step 2)
-        C_s, n_s, m_s = checkpoint(self._final_state, q, k, v, i, f, empty, reset, use_reentrant=False)
+        # 1. this shard's summary, from an empty state: the state alone (one weighted k^T v per head and
+        # its backward), not the whole cell (kernels/mlstm/summary.py)
+        C_s, n_s, m_s = xlstm_kernels.mlstm_final_state(k, v, i, f, reset)
         log_F = F.logsigmoid(f.to(cdt)).sum(-1, keepdim=True)  # (B, NH, 1)
         if reset is not None:  # a document starting in this shard cuts everything before it
             log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)
@@ -151,8 +144,9 @@ def apply_context_parallel(model, state: ParallelState):
     return model
 
 
-def shard_sequence(batch: dict, state: ParallelState, chunk_size: int | None = None) -> dict:
-    """This CP rank's contiguous slice of every (B, S) tensor in ``batch``."""
+def shard_sequence(batch: dict, state: ParallelState) -> dict:
+    """This CP rank's contiguous slice of every (B, S) tensor in ``batch`` (S divisible by CP; any chunk
+    size: a shard's last chunk may be ragged)."""
     if state.cp == 1:
         return batch
     out = {}
@@ -161,10 +155,9 @@ def shard_sequence(batch: dict, state: ParallelState, chunk_size: int | None = N
             out[key] = t
             continue
         S = t.shape[1]
-        multiple = state.cp * (chunk_size or 1)
-        if S % multiple:
-            raise ConfigError(f"sequence length {S} of batch[{key!r}] must be a multiple of context_parallel x "
-                              f"chunk_size = {multiple}")
+        if S % state.cp:
+            raise ConfigError(f"sequence length {S} of batch[{key!r}] is not divisible by context_parallel="
+                              f"{state.cp}")
         n = S // state.cp
         out[key] = t[:, state.cp_rank * n : (state.cp_rank + 1) * n]
     return out
