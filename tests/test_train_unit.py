@@ -221,7 +221,7 @@ def test_run_configs_follow_the_papers(path):
 
 
 @pytest.mark.parametrize("overrides, world, match", [
-    (["parallel.context_parallel=2", "data.seq_len=48"], 2, "must be a multiple of context_parallel x chunk_size"),
+    (["parallel.context_parallel=2", "data.seq_len=47"], 2, "sequence length 47 is not divisible by context_parallel=2"),
     (["train.global_batch_size=12", "train.micro_batch_size=4"], 2,
      "must be a multiple of train.micro_batch_size x data-parallel size"),
     (["parallel.tensor_parallel=3"], 6, "num_heads=4 is not divisible by tensor_parallel=3"),
