@@ -207,6 +207,7 @@ def cp_equivalence(cases):
     for case in cases:
         family, tp, cp, sp, backend, recompute, *rest = case
         S = rest[0] if rest else 64  # 64: whole chunks per shard; e.g. 60 at CP=4: 15 tokens, a ragged chunk
+        overrides = dict(rest[1]) if len(rest) > 1 else {}  # model config fields: (("slstm_num_heads", 2),)
         ids, labels, _ = batch(B=B, S=S)
         bounds = torch.zeros(B, S, dtype=torch.bool)
         bounds[:, 0] = True
@@ -216,6 +217,8 @@ def cp_equivalence(cases):
         bounds[1, [t for t in (31, 32, 47) if t < S]] = True
         cfg = tiny_config(family)
         cfg.backend = backend
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
         state = init_parallel_state(ParallelConfig(tensor_parallel=tp, context_parallel=cp, sequence_parallel=sp))
         torch.manual_seed(0)
         ref = build_model(cfg)
@@ -241,7 +244,9 @@ def cp_equivalence(cases):
         loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
         loss.backward()
         # CP messages sent again in backward (a recomputed block must replay, not resend, them)
-        resent = sum(1 for name, _p, _w in mappings.comm_log[n_fwd:] if name in ("all_gather_stack", "send_state"))
+        forward_names = ("all_gather_stack", "send_state", "sequence_to_heads", "heads_to_sequence",
+                         "gather_sequence_mask")
+        resent = sum(1 for name, _p, _w in mappings.comm_log[n_fwd:] if name in forward_names)
         mappings.comm_log = None
         grads = {}
         for n, p in model.named_parameters():

@@ -8,8 +8,11 @@ runs its chunkwise kernel on its shard, and the recurrent state crosses shard bo
   layer) lets every rank prefix-combine the earlier shards into its initial state without waiting for
   their cells; the shard is then run from that state. Backward mirrors it through autograd: the all-gather's
   adjoint (a reduce-scatter) returns to every rank the gradient of its summary from all later ranks.
-- sLSTM (non-linear): the state is passed rank to rank (serial, memory still sharded); gradients of
-  each received state go back to the previous rank.
+- sLSTM (non-linear, no associative scan): the layer switches layout - an all-to-all turns sequence
+  shards into head shards, every rank runs the full-length recurrence for NH/CP heads (all ranks in
+  parallel: the critical path does not grow with CP), and an all-to-all turns the output back. Where the
+  heads do not divide by CP the state is relayed rank to rank instead (serial); gradients of each
+  received state go back to the previous rank.
 - causal conv: each rank receives the last K-1 inputs of the previous rank (a halo).
 Document resets that fall on or across shard edges behave exactly as without CP. Under activation
 checkpointing a recomputed block replays these forward messages instead of sending them again
@@ -30,7 +33,8 @@ from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
 from xlstm_pretrain.model.components import CausalConv1d
 
-from .mappings import all_gather_stack, depend_on, forward_message, recv_from_previous, send_to_next
+from .mappings import (all_gather_stack, depend_on, forward_message, gather_sequence_mask, heads_to_sequence,
+                       recv_from_previous, send_to_next, sequence_to_heads)
 from .state import ParallelState
 
 
@@ -87,6 +91,39 @@ class ContextParallelSLSTMCell(SLSTMCell):
     cp_group = None
 
     def forward(self, wx, R, b, state=None, reset=None, return_state=False):
+        world = dist.get_world_size(self.cp_group)
+        NH = wx.shape[3]
+        if NH % world == 0:
+            return self._forward_head_sharded(wx, R, b, state, reset, return_state)
+        return self._forward_relay(wx, R, b, state, reset, return_state)
+
+    def _forward_head_sharded(self, wx, R, b, state, reset, return_state):
+        """Switch layout for the non-associative recurrence: one all-to-all turns sequence shards into
+        head shards (every rank runs the full sequence for NH/cp heads, all ranks at once), another one
+        turns the output back. R and b are sliced to the rank's heads; their gradients, summed over CP
+        with the others (as DeepSpeed does over DP x CP), add up to the full ones."""
+        group = self.cp_group
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        B, _, _, NH, DH = wx.shape
+        heads = slice(rank * NH // world, (rank + 1) * NH // world)
+        wx_h = sequence_to_heads(wx, group)  # (B, S, 4, NH/cp, DH)
+        reset_h = None if reset is None else gather_sequence_mask(reset, group)  # (B, S)
+        state_h = None if state is None else tuple(s[:, heads] for s in state)
+        y_h, final_h = super().forward(wx_h, R[:, heads], b[:, heads], state_h, reset_h, return_state)
+        y = heads_to_sequence(y_h, group)  # (B, S/cp, NH, DH)
+        if not return_state:
+            return y, None
+        local = torch.stack(final_h).detach()  # (4, B, NH/cp, DH): the state after the whole sequence
+
+        def gather():
+            parts = [torch.empty_like(local) for _ in range(world)]
+            dist.all_gather(parts, local.contiguous(), group=group)
+            return torch.cat(parts, 2)
+
+        return y, tuple(forward_message("gather_state", gather).unbind(0))
+
+    def _forward_relay(self, wx, R, b, state, reset, return_state):
+        """Heads that do not divide across the CP ranks: the state is passed rank to rank (serial)."""
         group = self.cp_group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         B, S, _, NH, DH = wx.shape

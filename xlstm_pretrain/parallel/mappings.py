@@ -360,6 +360,51 @@ def all_gather_stack(x, group):
     return _AllGatherStack.apply(x, group) if _world(group) > 1 else x[None]
 
 
+class _SequenceToHeads(torch.autograd.Function):
+    """fwd: sequence shards (B, S/cp, ..., NH, DH) -> head shards (B, S, ..., NH/cp, DH) by one all-to-all
+    over the CP group (heads on dim -2); bwd: the inverse all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return forward_message("sequence_to_heads",
+                               lambda: _all_to_all(x, group, split_dim=-2, cat_dim=1, name="sequence_to_heads"))
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_to_all(g, ctx.group, split_dim=1, cat_dim=-2, name="sequence_to_heads.bwd"), None
+
+
+class _HeadsToSequence(torch.autograd.Function):
+    """fwd: head shards (B, S, NH/cp, DH) -> sequence shards (B, S/cp, NH, DH); bwd: the inverse."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return forward_message("heads_to_sequence",
+                               lambda: _all_to_all(x, group, split_dim=1, cat_dim=-2, name="heads_to_sequence"))
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_to_all(g, ctx.group, split_dim=-2, cat_dim=1, name="heads_to_sequence.bwd"), None
+
+
+def sequence_to_heads(x, group):
+    return _SequenceToHeads.apply(x, group) if _world(group) > 1 else x
+
+
+def heads_to_sequence(x, group):
+    return _HeadsToSequence.apply(x, group) if _world(group) > 1 else x
+
+
+def gather_sequence_mask(mask, group):
+    """A (B, S/cp) bool mask of every CP rank, concatenated along the sequence (no gradient)."""
+    def gather():
+        return _all_gather(mask.to(torch.uint8), group, 1, "gather_sequence_mask").to(torch.bool)
+
+    return forward_message("gather_sequence_mask", gather) if _world(group) > 1 else mask
+
+
 def _global_rank(group, group_rank: int) -> int:
     return dist.get_global_rank(group, group_rank)
 
