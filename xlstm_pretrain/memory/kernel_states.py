@@ -69,16 +69,18 @@ def mlstm_triton_backward_states(H: int, NC: int, Q: int, V: int) -> float:
 
 
 def mlstm_fla_chunk(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int, reset: bool) -> Terms:
-    """``kernels/mlstm/fla.py`` around FLA's ``chunk_simple_gla`` (which saves q, k', v', g and recomputes its
-    chunk states in backward): fp64 stabiliser bookkeeping, k' = k exp(i - m), v' = [v, 1(, 0)], the fp32
-    output o and the normalisation."""
-    V1 = V + 1 + (V + 1) % 2
+    """``kernels/mlstm/fla.py`` around FLA's ``chunk_simple_gla`` (which saves its q, k, v, g and recomputes the
+    chunk states in backward), called twice: the numerator with v, the normaliser with a block of ones
+    (NORMALISER_V = 16 columns); q, k' = k exp(i - m) and g are shared by both calls. Plus the fp64 stabiliser
+    bookkeeping, the fp32 numerator and normaliser, and the division."""
+    ones = 16  # kernels/mlstm/fla.py NORMALISER_V
     return [
         ("stabiliser and gates (fp64)", 8 * H * S * F64),
         ("g, w_k, m (fp32)", 3 * H * S * F32),
         ("k fp32", H * S * Q * F32),
-        ("q, k', v' (kernel inputs)", H * S * (2 * Q + V1) * a),
-        ("o fp32 and normaliser", H * S * (V1 + 4) * F32),
+        ("q, k', v (kernel inputs)", H * S * (2 * Q + V) * a),
+        ("ones (normaliser values)", H * S * ones * a),
+        ("numerator fp32 and normaliser", H * S * (V + 4) * F32),
         ("h", H * S * V * a),
         ("h upcast to fp32 by the output norm", H * S * V * F32 if a != F32 else 0),
     ]
