@@ -150,7 +150,7 @@ def measure_sharded_blocks(family: str, layouts, B: int = 2, S: int = 64) -> lis
         state = init_parallel_state(ParallelConfig(tensor_parallel=tp, sequence_parallel=sp, context_parallel=cp))
         torch.manual_seed(0)
         model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
-        local = shard_sequence(dict(ids=ids, rs=rs), state, cfg.chunk_size)
+        local = shard_sequence(dict(ids=ids, rs=rs), state)
         measured = sum(measure_model(model, local["ids"], local["rs"], loss=False)["blocks"])
         sh = shapes_for(cfg, S, B, tp=tp, cp=cp, sp=sp, precision="fp32", reset=True)
         predicted = sum(total(block(cfg, kind, sh, "torch")) for kind in cfg.block_types)

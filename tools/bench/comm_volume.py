@@ -11,7 +11,9 @@ fp32, per rank; N = B*S_local*d one activation) is computed independently here:
   reduce-scatter at the exit, (t-1)/t N each: the same total. The paper mLSTM block adds the gate
   partials (2 x B*S*NH, reduce-scatter), the sLSTM layer (no projection) moves its channel slices.
 - CP: per mLSTM layer one all-gather of B*NH*(DHQK*DHV + DHQK + 2) floats (payload), per conv a halo of
-  B*(K-1)*C floats, per sLSTM layer 4*B*d floats sent to the next rank.
+  B*(K-1)*C floats; per sLSTM layer the layout switch: an all-to-all of its gate inputs (4N) and one of its
+  outputs (N), (cp-1)/cp of each on the wire, plus the reset mask (B*S_local bytes, all-gathered), or,
+  where the heads do not divide by CP, 4*B*d floats sent to the next rank.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def measure(layouts, B, S, d, heads):
         torch.manual_seed(0)
         model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
         ids = torch.randint(0, 512, (B, S))
-        ids = shard_sequence(dict(ids=ids), state, cfg.chunk_size)["ids"]
+        ids = shard_sequence(dict(ids=ids), state)["ids"]
         mappings.comm_log = []
         logits = model(ids)
         fwd = list(mappings.comm_log)
@@ -103,9 +105,19 @@ def analytic(cfg, B, S, tp, cp, sp):
                 wire += p * (cp - 1)
             else:
                 halo = B * (K - 1) * (d // tp) * f
-                state = 4 * B * (d // tp) * f
-                payload += halo + state
-                wire += halo * (cp - 1) + state
+                payload += halo
+                wire += halo * (cp - 1)
+                if (cfg.slstm_num_heads // tp) % cp == 0:
+                    # layout switch: the gate inputs (4 per channel) go to the head owners and the outputs
+                    # come back, each rank keeping 1/cp of either (with packed documents also the reset
+                    # mask, B*S_local bytes; this benchmark's batches have none)
+                    switch = 5 * B * S_local * (d // tp) * f
+                    payload += switch
+                    wire += switch * (cp - 1) / cp
+                else:  # relay: one state (y, c, n, m) to the next rank
+                    state = 4 * B * (d // tp) * f
+                    payload += state
+                    wire += state
     return payload, int(wire)
 
 

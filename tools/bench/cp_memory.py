@@ -35,7 +35,7 @@ def measure(S, d):
             state = init_parallel_state(ParallelConfig(context_parallel=cp))
             torch.manual_seed(0)
             model = apply_context_parallel(build_model(ModelConfig(**kw)), state)
-            ids = shard_sequence(dict(ids=torch.randint(0, 256, (1, S))), state, 64)["ids"]
+            ids = shard_sequence(dict(ids=torch.randint(0, 256, (1, S))), state)["ids"]
             rows.append((family, cp, saved_activation_bytes(model, ids)))
     return rows
 

@@ -89,11 +89,12 @@ class ContextParallelMLSTMCell(MLSTMCell):
 
 class ContextParallelSLSTMCell(SLSTMCell):
     cp_group = None
+    relay_only = False  # True: always relay the state (tools/bench/cp_step_time.py compares both layouts)
 
     def forward(self, wx, R, b, state=None, reset=None, return_state=False):
         world = dist.get_world_size(self.cp_group)
         NH = wx.shape[3]
-        if NH % world == 0:
+        if NH % world == 0 and not self.relay_only:
             return self._forward_head_sharded(wx, R, b, state, reset, return_state)
         return self._forward_relay(wx, R, b, state, reset, return_state)
 

@@ -1,0 +1,95 @@
+"""Per-rank forward+backward time of one block under context parallelism vs one process, measured side by
+side on CPU (gloo ranks, one thread each), and the matmul FLOPs each rank executes.
+
+    OMP_NUM_THREADS=1 python tools/bench/cp_step_time.py [--S 4096] [--d 256] [--cp 2] [--reps 5]
+
+For each block type (paper mLSTM, paper sLSTM): the CP=1 time of the whole sequence, then every CP rank's
+time for its shard, and their ratio (ideal 1/cp: the sLSTM layer switches layout, so its ranks run their
+heads' recurrences at the same time instead of one after the other; the relay, where heads do not
+divide, is shown for comparison). Run it with as many free cores as
+ranks: ranks that share a core measure the scheduler, not the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
+
+import torch  # noqa: E402
+
+from dist_utils import run_distributed  # noqa: E402
+
+
+def _model(kind: str, d: int, heads: int, chunk: int):
+    from xlstm_pretrain.model import ModelConfig, build_model
+
+    kw = dict(family="paper", vocab_size=256, embedding_dim=d, num_blocks=1, num_heads=heads, chunk_size=chunk,
+              slstm_num_heads=heads)
+    if kind == "slstm":
+        kw["slstm_at"] = [0]
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**kw))
+
+
+def time_block(kind, cp, S, d, heads, chunk, reps, B, relay=False):
+    import torch.distributed as dist
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xlstm_pretrain.parallel import ParallelConfig, apply_context_parallel, init_parallel_state, shard_sequence
+    from xlstm_pretrain.parallel.context_parallel import ContextParallelSLSTMCell
+
+    ContextParallelSLSTMCell.relay_only = relay
+    state = init_parallel_state(ParallelConfig(context_parallel=cp))
+    model = apply_context_parallel(_model(kind, d, heads, chunk), state)
+    block = model.blocks[0]
+    x_full = torch.randn(B, S, d, generator=torch.Generator().manual_seed(1))
+    x = shard_sequence(dict(x=x_full), state)["x"].clone().requires_grad_()
+
+    def step():
+        y, _ = block(x)
+        y.sum().backward()
+
+    step()  # warm-up
+    times = []
+    for _ in range(reps):
+        dist.barrier()
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return statistics.median(times), counter.get_total_flops()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--S", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--cp", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--B", type=int, default=1)
+    a = ap.parse_args()
+    print(f"one paper block, B={a.B}, S={a.S}, d={a.d}, {a.heads} heads, fp32, forward+backward, median of {a.reps}; "
+          f"CPU, one thread per rank")
+    print(f"| block | CP=1 time | CP={a.cp} per-rank times | worst rank / CP=1 (ideal {1 / a.cp:.2f}) "
+          f"| CP=1 matmul GFLOP | CP={a.cp} per-rank GFLOP |")
+    print("|---|---|---|---|---|---|")
+    for kind, relay in (("mlstm", False), ("slstm", False), ("slstm", True)):
+        (t1, f1), = run_distributed(time_block, 1, kind, 1, a.S, a.d, a.heads, a.chunk, a.reps, a.B)
+        per_rank = run_distributed(time_block, a.cp, kind, a.cp, a.S, a.d, a.heads, a.chunk, a.reps, a.B, relay)
+        worst = max(t for t, _ in per_rank)
+        name = {("mlstm", False): "mlstm", ("slstm", False): "slstm (layout switch)",
+                ("slstm", True): "slstm (state relay)"}[kind, relay]
+        print(f"| {name} | {t1 * 1e3:.0f} ms | {', '.join(f'{t * 1e3:.0f}' for t, _ in per_rank)} ms | "
+              f"{worst / t1:.2f} | {f1 / 1e9:.2f} | {', '.join(f'{f / 1e9:.2f}' for _, f in per_rank)} |")
+
+
+if __name__ == "__main__":
+    main()
