@@ -119,3 +119,24 @@ def test_peak_host_memory_of_a_sharded_build_is_about_one_over_tp():
     assert full["peak_kib"] * 1024 >= 0.9 * full_bytes
     one_block = full_bytes / 12
     assert sharded["peak_kib"] * 1024 <= full_bytes / 4 + 2 * one_block + 16 * 2**20, (full, sharded)
+
+
+def test_sequence_parallel_gradient_hooks_survive_materialisation(monkeypatch):
+    """Norm weights under SP carry a hook that sums their gradient over TP; it is registered on the meta
+    parameter and must still fire once the parameter has memory."""
+    import xlstm_pretrain.parallel.layers as layers
+
+    fired = []
+
+    def recording_hook(group):
+        def hook(grad):
+            fired.append(grad.shape)
+            return grad
+        return hook
+
+    monkeypatch.setattr(layers, "all_reduce_grad_hook", recording_hook)
+    model = build_sharded_model(tiny("paper"), rank_view(2, 0, sp=True), "cpu")
+    sp_params = [p for p in model.parameters() if getattr(p, "sequence_parallel", False)]
+    assert sp_params
+    sum(p.sum() for p in sp_params).backward()
+    assert len(fired) == len(sp_params)

@@ -85,8 +85,11 @@ def swap_parameter_(param: nn.Parameter, data: torch.Tensor) -> None:
     """Give ``param`` new storage (e.g. meta -> a device) keeping the Python object: ties, hooks and
     attributes (tensor_model_parallel, ...) that refer to it stay valid."""
     attrs = dict(param.__dict__)
+    hooks = param._backward_hooks  # swap_tensors moves the C++ hook registration to the other tensor
     torch.utils.swap_tensors(param, nn.Parameter(data, requires_grad=param.requires_grad))
     param.__dict__.update(attrs)
+    if hooks:
+        param._backward_hooks = hooks  # the setter registers them with autograd again
 
 
 def materialize_(model: xLSTMLM, device) -> None:
