@@ -21,10 +21,11 @@ MLSTM_TORCH_FORMS = {"chunkwise": mlstm_chunkwise, "parallel": mlstm_parallel, "
 
 
 def _without_autocast(device: torch.device):
-    """The torch cells compute in fp32 (fp64 for fp64 inputs) whatever the input dtype. Under an
-    autocast region their matmuls (q.C, q.n of the normaliser, y.R) would silently run in bf16/fp16
-    (relative error ~1e-2 instead of ~1e-6), so autocast is switched off inside the cell; its inputs
-    are upcast explicitly and its output keeps the input dtype."""
+    """The cells compute their state in fp32 (fp64 for fp64 inputs) whatever the input dtype. Under an
+    autocast region the torch cells' matmuls (q.C, q.n of the normaliser, y.R) would silently run in
+    bf16/fp16 (relative error ~1e-2 instead of ~1e-6), so autocast is switched off inside every backend
+    (the Triton/FLA kernels and their torch fallbacks choose their precision themselves); inputs are
+    upcast explicitly and the output keeps the input dtype."""
     if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
@@ -39,14 +40,11 @@ def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_
         form = "recurrent"
     if form == "chunkwise":
         kwargs["chunk_size"] = chunk_size
-    with _without_autocast(q.device):
-        return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
+    return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
 
 
 def _slstm_torch(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
-    with _without_autocast(wx.device):
-        return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset,
-                               return_final_state=return_final_state)
+    return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset, return_final_state=return_final_state)
 
 
 def _mlstm_triton(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
@@ -102,8 +100,8 @@ else:
 AUTO_CUDA_ORDER = ("fla", "triton")
 
 
-def resolve_backend(backend: str, device, form: str = "chunkwise") -> tuple[str, str]:
-    """The backend that runs on ``device`` for the configured name, and why (printed by the trainer)."""
+def resolve_backend(backend: str, device, form: str = "chunkwise", chunk_size: int | None = None) -> tuple[str, str]:
+    """The mLSTM backend that runs on ``device`` for the configured name, and why (printed by the trainer)."""
     device = torch.device(device)
     if backend != "auto":
         return backend, "configured"
@@ -113,19 +111,31 @@ def resolve_backend(backend: str, device, form: str = "chunkwise") -> tuple[str,
         return "torch", f"auto: {device.type} device, the pure-PyTorch reference (Triton kernels need CUDA)"
     if importlib.util.find_spec("triton") is None:
         return "torch", "auto: triton is not installed (CUDA builds of torch ship it; reinstall torch)"
+    skipped = []
     for name in AUTO_CUDA_ORDER:
-        if name in MLSTM_BACKENDS:
-            skipped = [n for n in AUTO_CUDA_ORDER[:AUTO_CUDA_ORDER.index(name)]]
-            why = "" if not skipped else f" ({', '.join(MISSING_BACKENDS.get(n, n) for n in skipped)})"
-            return name, f"auto: CUDA, the first available of {list(AUTO_CUDA_ORDER)}{why}"
-    return "torch", "auto: no Triton backend registered"
+        if name not in MLSTM_BACKENDS:
+            skipped.append(MISSING_BACKENDS.get(name, f"{name} not registered"))
+        elif name == "fla" and chunk_size is not None and chunk_size not in _fla_chunk_sizes():
+            skipped.append(f"fla: chunk_size {chunk_size} not in {_fla_chunk_sizes()}")
+        else:
+            why = f" (skipped {'; '.join(skipped)})" if skipped else ""
+            return name, f"auto: CUDA, the first usable of {list(AUTO_CUDA_ORDER)}{why}"
+    return "torch", f"auto: no Triton backend usable ({'; '.join(skipped)})"
+
+
+def _fla_chunk_sizes() -> tuple[int, ...]:
+    from .mlstm.fla import FLA_CHUNK_SIZES  # the module only, not flash-linear-attention itself
+
+    return FLA_CHUNK_SIZES
 
 
 def register_document_boundaries(reset: torch.Tensor, reset_host: torch.Tensor) -> None:
     """Hand the kernels the host copy of a batch's document-boundary mask (``reset`` is the same mask on
     the compute device). Kernels that need boundary positions on the host (FLA's varlen layout, for the
     mLSTM and the fused causal conv) take them from here instead of synchronising with the device in
-    every layer. Call once per micro-batch, after moving the mask; a no-op cost otherwise."""
+    every layer. Call once per micro-batch, after moving the mask (costs one host nonzero and a small
+    upload per batch, whatever the backend). Unregistered masks still work, with one device
+    synchronisation per FLA layer."""
     from .mlstm.fla import register_host_boundaries
 
     register_host_boundaries(reset, reset_host)
@@ -145,10 +155,11 @@ def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
     kwargs: initial_state, reset, return_final_state, eps, chunk_size, form (torch backend).
     """
     if backend == "auto":
-        backend = resolve_backend(backend, q.device, kwargs.get("form", "chunkwise"))[0]
+        backend = resolve_backend(backend, q.device, kwargs.get("form", "chunkwise"), kwargs.get("chunk_size"))[0]
     if backend not in MLSTM_BACKENDS:
         raise _unknown_backend("mLSTM", backend, MLSTM_BACKENDS)
-    return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
+    with _without_autocast(q.device):  # every backend (and its torch fallbacks) manages its own precision
+        return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
 
 
 def slstm(wx, R, b, *, backend="torch", **kwargs):
@@ -157,7 +168,8 @@ def slstm(wx, R, b, *, backend="torch", **kwargs):
         backend = resolve_backend(backend, wx.device)[0]
     if backend not in SLSTM_BACKENDS:
         raise _unknown_backend("sLSTM", backend, SLSTM_BACKENDS)
-    return SLSTM_BACKENDS[backend](wx, R, b, **kwargs)
+    with _without_autocast(wx.device):
+        return SLSTM_BACKENDS[backend](wx, R, b, **kwargs)
 
 
 __all__ = [

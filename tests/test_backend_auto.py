@@ -100,3 +100,11 @@ def test_selfcheck_probes_each_shape_once():
         assert calls == [dict(DK=16, DV=16, chunk_size=64), dict(DK=32, DV=16, chunk_size=64)]
     finally:
         selfcheck.reset()
+
+
+def test_auto_skips_fla_for_a_chunk_size_it_cannot_run():
+    if "fla" not in xlstm_kernels.MLSTM_BACKENDS:
+        pytest.skip("flash-linear-attention not installed")
+    assert xlstm_kernels.resolve_backend("auto", "cuda", chunk_size=64)[0] == "fla"
+    name, why = xlstm_kernels.resolve_backend("auto", "cuda", chunk_size=256)
+    assert name == "triton" and "chunk_size 256" in why

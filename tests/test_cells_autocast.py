@@ -79,3 +79,29 @@ def test_cells_run_on_the_meta_device():
     wx = torch.empty(1, 3, 4, 2, 4, device="meta")
     R, b = torch.empty(4, 2, 4, 4, device="meta"), torch.empty(4, 2, 4, device="meta")
     assert xlstm_kernels.slstm(wx, R, b, backend="torch").shape == (1, 3, 2, 4)
+
+
+def test_cp_state_summary_is_fp32_under_bf16_autocast():
+    inputs, reset = _mlstm_inputs()
+    q, k, v, i, f = inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        C, n, m = xlstm_kernels.mlstm_final_state(k, v, i, f, reset)
+    C_ref, n_ref, _ = xlstm_kernels.mlstm_final_state(k.double(), v.double(), i.double(), f.double(), reset)
+    assert C.dtype == torch.float32
+    assert _rel(C, C_ref) < 1e-6 and _rel(n, n_ref) < 1e-6
+
+
+def test_every_backend_runs_outside_autocast(monkeypatch):
+    """The dispatch switches autocast off for every backend, so torch fallbacks inside the Triton/FLA
+    backends (fp64, single tokens, a failed self-check in warn mode) keep the fp32 contract too."""
+    seen = []
+
+    def probe_backend(q, k, v, i, f, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return xlstm_kernels.MLSTM_BACKENDS["torch"](q, k, v, i, f, **kwargs)
+
+    monkeypatch.setitem(xlstm_kernels.MLSTM_BACKENDS, "probe", probe_backend)
+    inputs, _ = _mlstm_inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xlstm_kernels.mlstm(*inputs, backend="probe", chunk_size=32)
+    assert seen == [False]

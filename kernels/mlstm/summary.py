@@ -28,6 +28,9 @@ EMPTY_M = -1e30
 def mlstm_final_state(k, v, i, f, reset: torch.Tensor | None = None):
     """k (B, NH, S, DHQK), v (B, NH, S, DHV), i, f (B, NH, S) pre-activations, reset (B, S) bool ->
     (C (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH, 1)) of the sequence alone, from an empty start."""
+    if torch.amp.is_autocast_available(k.device.type) and torch.is_autocast_enabled(k.device.type):
+        with torch.autocast(k.device.type, enabled=False):  # the state is fp32 whatever autocast says
+            return mlstm_final_state(k, v, i, f, reset)
     cdt = compute_dtype(k.dtype)
     log_f = F.logsigmoid(f.to(cdt))
     # sum_{r > s} log f_r, accumulated from the end

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import xlstm_kernels
+
 
 def crossed_milestone(flops_before: float, flops_after: float, per_decade: int, min_flops: float = 0.0) -> float | None:
     """The largest point 10^(k/per_decade) in (flops_before, flops_after], if any (and >= min_flops).
@@ -86,8 +88,10 @@ def evaluate(model, dataset, indices: Sequence[int | None], micro_batch: int, de
         samples = [_sample(dataset, i, fill) for i in indices[start: start + micro_batch]]
         batch = shard_sequence(collate_samples(samples), state)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        bounds = batch["doc_boundaries"].to(device)
+        xlstm_kernels.register_document_boundaries(bounds, batch["doc_boundaries"])  # no per-layer host syncs
         with autocast:
-            logits = model(ids, doc_boundaries=batch["doc_boundaries"].to(device))
+            logits = model(ids, doc_boundaries=bounds)
         token_loss = lm_loss(model, logits, labels)  # 0 at ignored labels
         total[0] += token_loss.double().sum()
         total[1] += (labels != -100).sum()

@@ -116,8 +116,11 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
     if batch_schedule.ramped:
         logger.print(f"batch ramp-up: {batch_schedule.describe()} sequences per step; "
                      f"{batch_schedule.consumed_samples(t.steps) * seq:,} tokens in {t.steps} steps")
-    kernel_backend, kernel_reason = xlstm_kernels.resolve_backend(cfg.model.backend, rt.device, cfg.model.mlstm_form)
-    logger.print(f"cell kernels: backend {kernel_backend!r} (model.backend={cfg.model.backend!r}; {kernel_reason})")
+    kernel_backend, kernel_reason = xlstm_kernels.resolve_backend(cfg.model.backend, rt.device, cfg.model.mlstm_form,
+                                                                  cfg.model.chunk_size)
+    slstm_backend = xlstm_kernels.resolve_backend(cfg.model.backend, rt.device, chunk_size=cfg.model.chunk_size)[0]
+    logger.print(f"cell kernels: mLSTM backend {kernel_backend!r}, sLSTM backend {slstm_backend!r} "
+                 f"(model.backend={cfg.model.backend!r}; {kernel_reason})")
     logger.print(f"resumed from {resume_from} at step {progress.step}" if resume_from
                  else f"starting at step 0 (run dir {run_dir})")
     if checkpointer.resharded_from:
@@ -241,7 +244,8 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
     summary = {"step": progress.step, "train_loss": last["train_loss"], "val_loss": last["val_loss"],
                "skipped_steps": progress.skipped_steps, "run_dir": str(run_dir),
                "metrics": str(run_dir / "metrics.jsonl"), "checkpoint": None,
-               "kernel_backend": kernel_backend, "kernel_backend_reason": kernel_reason}
+               "kernel_backend": kernel_backend, "kernel_backend_reason": kernel_reason,
+               "slstm_kernel_backend": slstm_backend}
     if last["ckpt_step"] is not None:
         summary["checkpoint"] = str(checkpointer.root / f"step_{last['ckpt_step']:08d}")
     if rt.is_main and (run_dir / "metrics.jsonl").is_file():
