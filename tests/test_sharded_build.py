@@ -80,7 +80,7 @@ def test_plain_build_draws_no_random_numbers_at_construction():
 
 
 _PEAK = """
-import json, resource, sys, torch
+import json, sys, torch
 from xlstm_pretrain.model.config import ModelConfig
 from xlstm_pretrain.model import build_model
 from xlstm_pretrain.parallel import build_sharded_model
@@ -91,12 +91,21 @@ cfg = ModelConfig(family="large", vocab_size=256, embedding_dim=1024, num_blocks
 build_sharded_model(ModelConfig(family="large", vocab_size=256, embedding_dim=64, num_blocks=1, num_heads=4),
                     rank_view(4, 1), "cpu")
 build_model(ModelConfig(family="large", vocab_size=256, embedding_dim=64, num_blocks=1, num_heads=4))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+try:  # reset the high-water mark to the current RSS (Linux >= 4.0), so the peak below is this build's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = status_kib("VmRSS")
 if {tp} == 0:
     model = build_model(cfg)
 else:
     model = build_sharded_model(cfg, rank_view({tp}, 1), "cpu")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status_kib("VmHWM")
 held = sum(p.numel() * p.element_size() for p in {{id(p): p for p in model.parameters()}}.values())
 print(json.dumps({{"peak_kib": peak - base, "held_bytes": held}}))
 """
