@@ -206,26 +206,28 @@ class _ReduceScatterToSequence(torch.autograd.Function):
         return _all_gather(g, ctx.group, 1, "reduce_scatter_to_sequence.bwd"), None
 
 
-class _SequenceToTP(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    """fwd: split ``split_dim`` across the group and concatenate what arrives along ``cat_dim``; bwd: the
+    inverse all-to-all. ``replayed``: a context-parallel forward message (recorded and replayed under
+    activation checkpointing); TP all-to-alls are symmetric within a CP rank and simply rerun."""
+
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_to_all(x, group, split_dim=-1, cat_dim=1, name="sequence_to_tp")
+    def forward(ctx, x, group, split_dim, cat_dim, name, replayed):
+        ctx.group, ctx.split_dim, ctx.cat_dim, ctx.name = group, split_dim, cat_dim, name
+
+        def send():
+            return _all_to_all(x, group, split_dim=split_dim, cat_dim=cat_dim, name=name)
+
+        return forward_message(name, send) if replayed else send()
 
     @staticmethod
     def backward(ctx, g):
-        return _all_to_all(g, ctx.group, split_dim=1, cat_dim=-1, name="sequence_to_tp.bwd"), None
+        g = _all_to_all(g, ctx.group, split_dim=ctx.cat_dim, cat_dim=ctx.split_dim, name=f"{ctx.name}.bwd")
+        return g, None, None, None, None, None
 
 
-class _TPToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_to_all(x, group, split_dim=1, cat_dim=-1, name="tp_to_sequence")
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_to_all(g, ctx.group, split_dim=-1, cat_dim=1, name="tp_to_sequence.bwd"), None
+def _all_to_all_pair(x, group, split_dim, cat_dim, name, replayed=False):
+    return _AllToAll.apply(x, group, split_dim, cat_dim, name, replayed) if _world(group) > 1 else x
 
 
 def copy_to_tp(x, group):
@@ -261,11 +263,12 @@ def reduce_scatter_to_sequence(x, group):
 
 
 def sequence_to_tp(x, group):
-    return _SequenceToTP.apply(x, group) if _world(group) > 1 else x
+    """Sequence shards (B, S/t, C) -> channel shards (B, S, C/t) (SP entry of the sLSTM layer)."""
+    return _all_to_all_pair(x, group, split_dim=-1, cat_dim=1, name="sequence_to_tp")
 
 
 def tp_to_sequence(x, group):
-    return _TPToSequence.apply(x, group) if _world(group) > 1 else x
+    return _all_to_all_pair(x, group, split_dim=1, cat_dim=-1, name="tp_to_sequence")
 
 
 def all_reduce_grad_hook(group):
@@ -360,41 +363,14 @@ def all_gather_stack(x, group):
     return _AllGatherStack.apply(x, group) if _world(group) > 1 else x[None]
 
 
-class _SequenceToHeads(torch.autograd.Function):
-    """fwd: sequence shards (B, S/cp, ..., NH, DH) -> head shards (B, S, ..., NH/cp, DH) by one all-to-all
-    over the CP group (heads on dim -2); bwd: the inverse all-to-all."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return forward_message("sequence_to_heads",
-                               lambda: _all_to_all(x, group, split_dim=-2, cat_dim=1, name="sequence_to_heads"))
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_to_all(g, ctx.group, split_dim=1, cat_dim=-2, name="sequence_to_heads.bwd"), None
-
-
-class _HeadsToSequence(torch.autograd.Function):
-    """fwd: head shards (B, S, NH/cp, DH) -> sequence shards (B, S/cp, NH, DH); bwd: the inverse."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return forward_message("heads_to_sequence",
-                               lambda: _all_to_all(x, group, split_dim=1, cat_dim=-2, name="heads_to_sequence"))
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_to_all(g, ctx.group, split_dim=-2, cat_dim=1, name="heads_to_sequence.bwd"), None
-
-
 def sequence_to_heads(x, group):
-    return _SequenceToHeads.apply(x, group) if _world(group) > 1 else x
+    """CP sequence shards (B, S/cp, ..., NH, DH) -> head shards (B, S, ..., NH/cp, DH), heads on dim -2."""
+    return _all_to_all_pair(x, group, split_dim=-2, cat_dim=1, name="sequence_to_heads", replayed=True)
 
 
 def heads_to_sequence(x, group):
-    return _HeadsToSequence.apply(x, group) if _world(group) > 1 else x
+    """CP head shards (B, S, NH/cp, DH) -> sequence shards (B, S/cp, NH, DH)."""
+    return _all_to_all_pair(x, group, split_dim=1, cat_dim=-2, name="heads_to_sequence", replayed=True)
 
 
 def gather_sequence_mask(mask, group):
