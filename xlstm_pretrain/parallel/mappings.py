@@ -325,6 +325,12 @@ def checkpoint_context():
     return replay.recording(), replay.replaying()
 
 
+def checkpoint_context_fn(model):
+    """The ``context_fn`` to pass to ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` for the
+    blocks of ``model``: records the blocks' CP messages in their forward, replays them in the recompute."""
+    return checkpoint_context
+
+
 def forward_message(name: str, run):
     """``run()`` sends/receives a forward message (returning its tensor, or None); replayed on recompute."""
     replay = _active_replay
