@@ -4,11 +4,15 @@
   interpreter runs kernels on CPU tensors with numpy; autotuning is bypassed there (fixed configs).
 - ``maybe_autotune``: ``triton.autotune`` on a GPU. Set ``XLSTM_TRITON_AUTOTUNE=0`` to skip the search and
   use each kernel's default config (faster start-up, e.g. for short jobs and tests on a GPU).
-- ``mm``: a matmul for the kernels. fp32 inputs use exact fp32 ("ieee") products so results match the
-  fp32 torch reference; bf16 / fp16 inputs cast both operands to the input dtype and use the tensor
-  cores with fp32 accumulation. The interpreter mis-handles bf16 ``tl.dot`` (it multiplies raw bits),
-  so there the half-precision product is emulated exactly: round both operands to the input dtype,
-  then multiply in fp32 (products of bf16/fp16 values are exact in fp32).
+- ``mm``: a matmul for the kernels, fp32 accumulation. fp32 inputs use exact fp32 ("ieee") products so
+  results match the fp32 torch reference; bf16 inputs cast both operands to bf16 (tensor cores; bf16
+  has fp32's exponent range, so fp32 intermediates such as the state C or dh / denominator cannot
+  overflow). fp16 inputs use tf32 products instead: tf32 has fp16's 10-bit mantissa (fp16 operands are
+  exact) and fp32's exponent range, so intermediates up to ~1e38 (dh / denominator reaches 1e6 / eps
+  scales, the state C grows with the sequence) neither overflow nor fall into fp16 subnormals. The
+  interpreter mis-handles bf16 ``tl.dot`` (it multiplies raw bits) and ignores tf32, so there both
+  roundings are emulated: round the operands (to bf16, or to tf32 by bit arithmetic), then multiply in
+  fp32.
 """
 
 from __future__ import annotations
@@ -58,10 +62,23 @@ def pow2_block(d: int, lo: int = 16, hi: int = 64) -> int:
 
 
 @triton.jit
+def round_tf32(x):
+    """fp32 -> nearest tf32 value (10 mantissa bits, ties to even), as the tensor cores read fp32 operands."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + (((bits >> 13) & 1) + 0xFFF)) & 0xFFFFE000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def mm(a, b, DT: tl.constexpr, EMU: tl.constexpr):
     """a @ b with fp32 accumulation; DT is the input element type (see module docstring)."""
     if DT == tl.float32:
         r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif DT == tl.float16:
+        if EMU:
+            r = tl.dot(round_tf32(a.to(tl.float32)), round_tf32(b.to(tl.float32)), input_precision="ieee")
+        else:
+            r = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32")
     elif EMU:
         r = tl.dot(a.to(DT).to(tl.float32), b.to(DT).to(tl.float32), input_precision="ieee")
     else:

@@ -32,7 +32,8 @@ Kernels:
            4. ``_bw_mchain``: one program per b*head: the scalar reverse recurrence of dm over the chunks
               (gradient through the stabiliser chain), finishing di, d logsigmoid(f) and dm0.
 Ties in a max split the gradient like torch (maximum: halves, amax: evenly), which only matters on
-exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference). The chunk
+exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference;
+fp16 matmuls use tf32 products, fp16's precision with fp32's range: see ``triton_utils.mm``). The chunk
 is ``min(chunk_size, next_pow2(S))`` but at least 16 (tl.dot needs 16): the chunk length changes only
 rounding, never the function. Memory: the forward materialises the states before every chunk in fp32
 (B*NH*(S/L+1)*DHQK*DHV*4 bytes) but does not keep them for the backward: with
