@@ -13,6 +13,7 @@ import importlib.util
 
 import torch
 
+from .chunking import ChunkPlan, chunk_plan
 from .mlstm import (MLSTMState, mlstm_chunkwise, mlstm_final_state, mlstm_parallel, mlstm_recurrent, mlstm_step,
                     zero_state)
 from .slstm import SLSTMState, slstm_recurrent, slstm_step, slstm_zero_state
@@ -173,7 +174,7 @@ def slstm(wx, R, b, *, backend="torch", **kwargs):
 
 
 __all__ = [
-    "AUTO_CUDA_ORDER", "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "resolve_backend", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
+    "ChunkPlan", "chunk_plan", "AUTO_CUDA_ORDER", "MLSTMState", "SLSTMState", "MISSING_BACKENDS", "resolve_backend", "MLSTM_BACKENDS", "SLSTM_BACKENDS", "mlstm", "slstm",
     "mlstm_chunkwise", "mlstm_final_state", "mlstm_parallel", "mlstm_recurrent", "mlstm_step", "register_document_boundaries",
     "slstm_recurrent", "slstm_step",
     "slstm_zero_state", "zero_state",

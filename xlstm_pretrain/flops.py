@@ -13,9 +13,10 @@ Each component is split into
   below, with exp / max / mask / activation each counted as 1 FLOP (the official counter's factors
   ``F_exp = F_max = F_mask = F_swish = 1``).
 
-The mLSTM cell is counted in its chunkwise form (what training runs) with chunk size
-``L = min(cfg.chunk_size, next power of two >= seq_len)`` as the torch kernel picks it; a sequence
-that is not a multiple of L pays for its padded last chunk. The exact per-chunk terms are those of the
+The mLSTM cell is counted in its chunkwise form (what training runs) with the chunks the kernels cut
+(``xlstm_kernels.chunk_plan``, kernels/chunking.py: ``L = min(cfg.chunk_size, next power of two >=
+seq_len)``; the Triton kernels' 16-row floor matters only below 16 tokens); a sequence that is not a
+multiple of L pays for its padded last chunk. The exact per-chunk terms are those of the
 official counter (xlstm_pretrain/REFERENCE.md §6); per head per token they are dominated by
 ``4*dqk*dv*(1 + 1/(2L)) + 2*L*(dqk + dv)``. The count does not depend on ``cfg.mlstm_form``.
 
@@ -30,6 +31,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from xlstm_kernels import chunk_plan
 from xlstm_pretrain.model.config import ModelConfig
 
 TRAINING_FLOPS_FACTOR = 3  # forward + backward (2 x forward)
@@ -110,8 +112,8 @@ class FlopBreakdown:
 
 
 def chunk_size_used(chunk_size: int, seq_len: int) -> int:
-    """The chunk length the torch chunkwise kernel runs with (no chunk longer than the sequence)."""
-    return min(chunk_size, 1 << max(seq_len - 1, 0).bit_length())
+    """The chunk length the chunkwise mLSTM runs with: ``xlstm_kernels.chunk_plan`` (the kernels' own rule)."""
+    return chunk_plan(seq_len, chunk_size).length
 
 
 def mlstm_cell_chunkwise(num_heads: int, dqk: int, dv: int, chunk_size: int, seq_len: int) -> Flops:
@@ -124,8 +126,8 @@ def mlstm_cell_chunkwise(num_heads: int, dqk: int, dv: int, chunk_size: int, seq
     S v (2 L^2 dv); the rest (gate cumsums, decay matrix, the 2 dqk dv state update, normaliser) is
     pointwise.
     """
-    L = chunk_size_used(chunk_size, seq_len)
-    num_chunks = -(-seq_len // L)
+    plan = chunk_plan(seq_len, chunk_size)
+    L, num_chunks = plan.length, plan.count
     states = 3 + 3 * L + F_MAX + F_EXP * (1 + 2 * L) + 2 * dqk * dv + dqk + L * (4 * dqk * dv + 7 * dqk)
     outputs = L * (L + 1) / 2 + L**2 * (7 + F_MASK + F_MAX + F_EXP + 2 * dqk + 2 * dv) + (1 + L) * F_MAX
     matmul = 4 * L * dqk * dv + 2 * L * dqk + 2 * L**2 * (dqk + dv)

@@ -9,6 +9,7 @@ chunks of L tokens:
    xlstm_pretrain/REFERENCE.md §1: ``m' = max(logF + m_a, m_s)``, ``C' = e^{logF + m_a - m'} C_a + e^{m_s - m'} C_s``);
 3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk.
 
+The chunk length L is ``chunking.chunk_plan(S, chunk_size).length`` (the rule every backend shares).
 Sequence lengths that are not a multiple of L are padded at the end with inputs that leave the state
 untouched (log f = 0, i = -inf), so outputs and the final state are exact. Document resets inside a
 chunk cut the state there: tokens after a reset see neither the carried state nor earlier tokens, and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..chunking import chunk_plan
 from .naive import MLSTMState, check_inputs, compute_dtype, zero_state
 
 
@@ -28,16 +30,13 @@ def mlstm_chunkwise(
     return_final_state: bool = False, eps: float = 1e-6, chunk_size: int = 64,
 ):
     check_inputs(q, k, v, i, f, initial_state, reset)
-    if chunk_size <= 0 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"mLSTM chunkwise: chunk_size must be a power of two, got {chunk_size}")
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
     out_dtype = v.dtype
     cdt = compute_dtype(q.dtype)
     device = q.device
-    L = min(chunk_size, max(1, 1 << (S - 1).bit_length()))  # no point in a chunk longer than the sequence
-    NC = -(-S // L)
-    pad = NC * L - S
+    plan = chunk_plan(S, chunk_size)  # the shared rule (kernels/chunking.py)
+    L, NC, pad = plan.length, plan.count, plan.pad
 
     q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
     log_f = F.logsigmoid(f.to(cdt))
