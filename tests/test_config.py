@@ -65,3 +65,21 @@ def test_every_shipped_model_config_loads():
     assert len(paths) >= 12
     for p in paths:
         load(p)
+
+
+def test_several_files_merge_in_order(tmp_path):
+    run = write(tmp_path, "run.yaml", "model:\n  embedding_dim: 96\n  num_blocks: 2\ntrain:\n  deepspeed: {a: {b: 1}}\n")
+    layout = write(tmp_path, "layout.yaml", "model:\n  num_blocks: 6\ntrain:\n  deepspeed: {a: {c: 2}}\n")
+    cfg = load([run, layout], ["model.num_blocks=8"])
+    assert (cfg.model.embedding_dim, cfg.model.num_blocks) == (96, 8)
+    assert cfg.train.deepspeed == {"a": {"b": 1, "c": 2}}  # mappings merge key by key
+
+
+def test_retired_fault_section(tmp_path):
+    """Older checkpoints' config.yaml dump the removed train.fault section with its defaults: still loadable;
+    a fault that would do something is an error that names its replacement, never silently dropped."""
+    old = ("train:\n  steps: 7\n  fault:\n    nonfinite_at_steps: []\n    kill_at_step: null\n"
+           "    kill_during_checkpoint_at_step: null\n    kill_rank: 0\n    only_first_attempt: true\n")
+    assert load(write(tmp_path, "old.yaml", old)).train.steps == 7
+    with pytest.raises(ConfigError, match=r"'train\.fault' was removed: fault injection is a test hook"):
+        load(write(tmp_path, "old.yaml", old), ["train.fault.kill_at_step=3"])

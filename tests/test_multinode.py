@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from launch_utils import free_port, kill_tree
-from train_utils import REPO, TORCHRUN, metrics, output, prepare_data, tiny_overrides, torchrun
+from fault_hooks import fault_env
+from train_utils import REPO, TORCHRUN, metrics, prepare_data, tiny_overrides, uninterrupted_run
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +41,11 @@ class Agent:
         return self.log.read_text(errors="replace")
 
 
-def start_agents(run_args: list[str], tmp: Path, max_restarts: int) -> list[Agent]:
+def start_agents(run_args: list[str], tmp: Path, max_restarts: int, env: dict[str, str] | None = None) -> list[Agent]:
     """Two torchrun agents of one job (1 worker each); node0 hosts the c10d rendezvous store."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOGLEVEL": "INFO",  # the agents' rounds
-           "XLSTM_DIST_TIMEOUT_MIN": "2", "XLSTM_DIST_JOIN_TIMEOUT_S": "60"}
+           "XLSTM_DIST_TIMEOUT_MIN": "2", "XLSTM_DIST_JOIN_TIMEOUT_S": "60", **(env or {})}
     agents = []
     for node in range(2):
         cmd = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
@@ -99,18 +100,15 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
-    """The reference: the same job as 2 processes on one node, never interrupted."""
-    run = tmp_path_factory.mktemp("uninterrupted")
-    proc = torchrun(2, ["--resume", "none"] + tiny_overrides(data, run, **RUN))
-    assert proc.returncode == 0, output(proc)
-    return run
+    """The reference: the same job as 2 processes on one node."""
+    return uninterrupted_run(data, tmp_path_factory.mktemp("uninterrupted"), 2, RUN)
 
 
 def test_worker_killed_on_one_node_resumes_the_whole_job(data, uninterrupted, tmp_path, agents_to_clean):
     run = tmp_path / "run"
     # rank 1 SIGKILLs itself right after step 6 (first attempt of its node only); the last checkpoint is step 4
-    fault = {"train.fault.kill_at_step": 6, "train.fault.kill_rank": 1}
-    agents = start_agents(tiny_overrides(data, run, **RUN, **fault), tmp_path, max_restarts=1)
+    agents = start_agents(tiny_overrides(data, run, **RUN), tmp_path, max_restarts=1,
+                          env=fault_env(kill_at_step=6, kill_rank=1))
     agents_to_clean.extend(agents)
     codes = wait_for(agents, timeout=360)
     assert codes == [0, 0], logs(agents)

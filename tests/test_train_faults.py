@@ -15,7 +15,8 @@ import time
 import psutil
 import pytest
 
-from train_utils import REPO, TORCHRUN, metrics, output, prepare_data, tiny_overrides, torchrun
+from fault_hooks import fault_env
+from train_utils import REPO, TORCHRUN, metrics, output, prepare_data, tiny_overrides, torchrun, uninterrupted_run
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +31,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("uninterrupted")
-    proc = torchrun(2, ["--resume", "none"] + tiny_overrides(data, run, **RUN))
-    assert proc.returncode == 0, output(proc)
-    return run
+    return uninterrupted_run(data, tmp_path_factory.mktemp("uninterrupted"), 2, RUN)
 
 
 def rank_process(torchrun_pid: int, rank: int):
@@ -79,8 +77,8 @@ def test_kill_one_rank_from_outside_then_elastic_restart(data, uninterrupted, tm
 def test_kill_during_checkpoint_write_keeps_the_previous_one(data, uninterrupted, tmp_path):
     run = tmp_path / "killed_in_checkpoint"
     # rank 0 dies after the DeepSpeed files of step 18 are written, before the checkpoint is committed
-    proc = torchrun(2, ["--resume", "auto"] + tiny_overrides(data, run, **RUN, **{
-        "train.fault.kill_during_checkpoint_at_step": 18, "train.fault.kill_rank": 0}), max_restarts=1, timeout=400)
+    proc = torchrun(2, ["--resume", "auto"] + tiny_overrides(data, run, **RUN), max_restarts=1, timeout=400,
+                    env=fault_env(kill_during_checkpoint_at_step=18, kill_rank=0))
     assert proc.returncode == 0, output(proc)
     assert "SIGKILL after step 18 (checkpoint)" in proc.stdout
     assert "resumed from" in proc.stdout and "step_00000012 at step 12" in proc.stdout

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from dist_utils import run_distributed
+from fault_hooks import fault_env
 from train_utils import REPO, metrics, output, prepare_data, python_module, tiny_overrides, torchrun, train_losses
 from train_workers import run_configs
 
@@ -127,8 +128,8 @@ def test_resume_after_kill_is_exact(data, straight, tmp_path):
     straight_run, _ = straight
     run = tmp_path / "killed"
     # rank 1 is SIGKILLed after step 13 (the checkpoint of step 10 is the last one)
-    killed = torchrun(4, ["--resume", "none"] + tiny_overrides(data, run, **RESUME_RUN, **{
-        "train.fault.kill_at_step": 13, "train.fault.kill_rank": 1}))
+    killed = torchrun(4, ["--resume", "none"] + tiny_overrides(data, run, **RESUME_RUN),
+                      env=fault_env(kill_at_step=13, kill_rank=1))
     assert killed.returncode != 0 and "SIGKILL after step 13" in killed.stdout, output(killed)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000010"
     assert max(train_losses(run)) == 13
@@ -222,7 +223,7 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(data, tmp_path):
     run = tmp_path / "nan"
     proc = torchrun(2, ["--resume", "none"] + tiny_overrides(data, run, **{
         "parallel.tensor_parallel": 2, "train.precision": "bf16", "train.zero_stage": 1, "train.steps": 8,
-        "checkpoint.interval": 1, "train.fault.nonfinite_at_steps": "[3, 5, 6]", "train.max_consecutive_nonfinite": 2}))
+        "checkpoint.interval": 1, "train.max_consecutive_nonfinite": 2}), env=fault_env(nonfinite_at_steps=[3, 5, 6]))
     assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr, output(proc)  # torchrun reports the ranks' 3
     assert "stopped: 2 non-finite steps in a row" in proc.stderr
     skipped = metrics(run, "skipped")

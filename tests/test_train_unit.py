@@ -382,3 +382,25 @@ def test_extra_deepspeed_keys_merge_into_the_generated_config():
     bad = setup.load_run_config([], ["train.deepspeed={zero_optimization: {stage: 3}}"])
     with pytest.raises(ConfigError, match="use train.zero_stage"):
         setup.deepspeed_config_for(bad, dp_size=1, grad_accum=1)
+
+
+def test_hooks_from_the_environment(tmp_path):
+    """XLSTM_TRAIN_HOOKS names installers (module:function or file.py:function) that add callbacks."""
+    from xlstm_pretrain.train.hooks import HOOKS_ENV, hooks_from_env
+
+    (tmp_path / "my_hooks.py").write_text(
+        "def install(hooks):\n    hooks.micro_batch_loss.append(lambda step, loss: loss * step)\n"
+        "import pathlib\n"
+        "def install_more(hooks):\n"
+        "    hooks.after_step.append(lambda step, loss: (pathlib.Path(__file__).parent / 'seen').write_text(f'{step} {loss}'))\n")
+    assert hooks_from_env({}).micro_batch_loss == []
+    hooks = hooks_from_env({HOOKS_ENV: f"{tmp_path / 'my_hooks.py'}:install, {tmp_path / 'my_hooks.py'}:install_more"})
+    assert hooks.transform_loss(3, torch.tensor(2.0)).item() == 6.0
+    hooks.on_step_done(4, 1.5)
+    assert (tmp_path / "seen").read_text() == "4 1.5"
+    hooks = hooks_from_env({HOOKS_ENV: "fault_hooks:install"})  # a module on sys.path (tests/)
+    assert hooks.micro_batch_loss == [] and hooks.after_step == []  # no XLSTM_TEST_FAULTS: nothing to inject
+    for bad, match in [("no_colon", "expected module:function"), (f"{tmp_path / 'my_hooks.py'}:nope", "no function"),
+                       (f"{tmp_path / 'missing.py'}:install", "is not a Python file")]:
+        with pytest.raises(ConfigError, match=match):
+            hooks_from_env({HOOKS_ENV: bad})

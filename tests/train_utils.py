@@ -55,13 +55,21 @@ def tiny_overrides(data: dict, run_dir: Path, family: str = "paper", **extra) ->
 
 
 def torchrun(nproc: int, args: list[str], timeout: int = 300, max_restarts: int = 0, module: str = "xlstm_pretrain.train",
-             config: str | None = None) -> subprocess.CompletedProcess:
+             config: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: more environment variables, e.g. ``fault_hooks.fault_env(...)``."""
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), f"--max-restarts={max_restarts}",
            "--monitor-interval=0.5", "-m", module]
     if config:
         cmd += ["--config", config]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def uninterrupted_run(data: dict, run: Path, nproc: int, overrides: dict) -> Path:
+    """The reference of a fault test: the same job on one node, started fresh and never interrupted."""
+    proc = torchrun(nproc, ["--resume", "none"] + tiny_overrides(data, run, **overrides))
+    assert proc.returncode == 0, output(proc)
+    return run
 
 
 def python_module(module: str, args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:

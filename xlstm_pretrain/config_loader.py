@@ -15,7 +15,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
@@ -51,18 +51,19 @@ def read_yaml(path: str | Path, _stack: tuple[Path, ...] = ()) -> tuple[dict, di
         includes = [includes]
     for inc in includes:
         inc_dict, inc_sources = read_yaml(path.parent / inc, (*_stack, path))
-        _deep_merge(merged, inc_dict)
+        deep_merge(merged, inc_dict)
         sources.update(inc_sources)
-    _deep_merge(merged, raw)
+    deep_merge(merged, raw)
     for key in _leaf_keys(raw):
         sources[key] = str(path)
     return merged, sources
 
 
-def _deep_merge(dst: dict, src: dict) -> None:
+def deep_merge(dst: dict, src: dict) -> None:
+    """Merge ``src`` into ``dst`` in place: mappings merge key by key, anything else in ``src`` wins."""
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_merge(dst[k], v)
+            deep_merge(dst[k], v)
         else:
             dst[k] = v
 
@@ -200,11 +201,39 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: Iterable[str] = ()):
-    """Load a root config dataclass from an optional YAML file plus dotted overrides."""
-    tree, sources = read_yaml(path) if path is not None else ({}, {})
+def load_config(cls: type, paths: str | Path | Sequence[str | Path] | None = None, overrides: Iterable[str] = (),
+                retired: dict[str, tuple[dict, str]] | None = None):
+    """Load a root config dataclass from YAML files (each with its include chain; later files win) plus
+    dotted overrides. ``retired``: {dotted section: (its former defaults, what replaced it)}, see ``drop_retired``."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    tree, sources = {}, {}
+    for path in paths:
+        part, part_sources = read_yaml(path)
+        deep_merge(tree, part)
+        sources.update(part_sources)
     apply_overrides(tree, sources, overrides)
+    drop_retired(tree, sources, retired or {})
     return build_dataclass(cls, tree, sources)
+
+
+def drop_retired(tree: dict, sources: dict[str, str], retired: dict[str, tuple[dict, str]]) -> None:
+    """Remove sections that no longer exist from ``tree`` when they hold only their former defaults (the
+    config.yaml files of older checkpoints dump every field); any other value is a ConfigError naming
+    what replaced the section, so that a setting is never ignored silently."""
+    for dotted, (defaults, replacement) in retired.items():
+        *parents, name = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node[name]
+        if not isinstance(value, dict) or any(k not in defaults or v != defaults[k] for k, v in value.items()):
+            raise ConfigError(f"{_where(dotted, sources)}: {dotted!r} was removed: {replacement}")
+        del node[name]
 
 
 def dump_yaml(obj, path: str | Path) -> None:

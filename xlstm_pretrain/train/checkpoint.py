@@ -28,8 +28,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch.distributed as dist
 
 from xlstm_pretrain.config import ConfigError, dump_yaml, to_dict
 
+from .hooks import TrainerHooks
 from .universal import UNIVERSAL, has_universal, load_universal, save_universal
 
 CHECKPOINTS = "checkpoints"
@@ -148,21 +147,6 @@ def write_consolidated(directory: Path, cfg, state_dict: dict[str, torch.Tensor]
         shutil.copyfile(tokenizer, directory / "tokenizer.json")
 
 
-# ---- faults (tests) -----------------------------------------------------------------------------
-
-
-def maybe_kill(fault, step: int, where: str, rank: int) -> None:
-    """SIGKILL this rank if the fault config asks for it here (``where``: "step" or "checkpoint")."""
-    at = fault.kill_at_step if where == "step" else fault.kill_during_checkpoint_at_step
-    if at is None or at != step or rank != fault.kill_rank:
-        return
-    if fault.only_first_attempt and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
-    print(f"[fault] rank {rank}: SIGKILL after step {step} ({where})", flush=True)
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ---- saving -------------------------------------------------------------------------------------
 
 
@@ -197,8 +181,10 @@ def _remove(path: Path) -> None:
 
 
 class Checkpointer:
-    def __init__(self, cfg, engine, model, runtime, state, tokenizer_sha256: str | None):
+    def __init__(self, cfg, engine, model, runtime, state, tokenizer_sha256: str | None,
+                 hooks: TrainerHooks | None = None):
         self.cfg, self.engine, self.model, self.rt, self.state = cfg, engine, model, runtime, state
+        self.hooks = hooks or TrainerHooks()
         self.tokenizer_sha256 = tokenizer_sha256
         self.root = Path(cfg.train.run_dir) / CHECKPOINTS
         self.resharded_from: dict | None = None  # the saving layout, after a resume on another one
@@ -235,7 +221,7 @@ class Checkpointer:
             if self.rt.is_main:
                 write_consolidated(tmp / "consolidated", self.cfg, full, self.cfg.train.tokenizer)
             del full
-        maybe_kill(self.cfg.train.fault, progress.step, "checkpoint", self.rt.rank)
+        self.hooks.on_checkpoint_written(progress.step)
         if self.rt.is_main:
             state = {"progress": asdict(progress), "schedule": schedule_state, "layout": self.layout(),
                      "tokenizer_sha256": self.tokenizer_sha256, "model": to_dict(self.cfg.model),

@@ -28,17 +28,6 @@ def _need(cond: bool, msg: str) -> None:
 
 
 @dataclass
-class FaultConfig:
-    """Fault injection, for the fault-tolerance tests (all off by default)."""
-
-    nonfinite_at_steps: list[int] = field(default_factory=list)  # make the loss NaN at these steps (all ranks)
-    kill_at_step: int | None = None  # SIGKILL rank ``kill_rank`` right after this step ...
-    kill_during_checkpoint_at_step: int | None = None  # ... or in the middle of writing this step's checkpoint
-    kill_rank: int = 0
-    only_first_attempt: bool = True  # kill only when TORCHELASTIC_RESTART_COUNT is 0 (so a restart completes)
-
-
-@dataclass
 class BatchRampStage:
     """One stage of ``train.batch_size_rampup``: ``steps`` optimizer steps of ``global_batch_size`` sequences."""
 
@@ -69,7 +58,6 @@ class TrainConfig:
     init_from: str | None = None  # plain/consolidated checkpoint dir (model.safetensors) to start from
     max_consecutive_nonfinite: int = 5  # stop the run after this many skipped steps in a row
     deepspeed: dict[str, Any] = field(default_factory=dict)  # extra keys merged into the generated config
-    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def validate(self) -> None:
         _need(bool(self.run_dir), "run_dir must not be empty")

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from xlstm_pretrain.config import Config, ConfigError
-from xlstm_pretrain.config_loader import apply_overrides, build_dataclass, read_yaml
+from xlstm_pretrain.config import Config, ConfigError, load
+from xlstm_pretrain.config_loader import deep_merge
 
 from .optim import build_optimizer
 
@@ -49,21 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_run_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
     """Merge several YAML files (each with its include chain; later files win), then apply overrides."""
-    tree, sources = {}, {}
-    for path in paths:
-        part, part_sources = read_yaml(path)
-        _merge(tree, part)
-        sources.update(part_sources)
-    apply_overrides(tree, sources, overrides)
-    return build_dataclass(Config, tree, sources)
-
-
-def _merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
+    return load(paths, overrides)
 
 
 # ---- processes and devices ----------------------------------------------------------------------
@@ -253,7 +239,7 @@ def deepspeed_config_for(cfg: Config, dp_size: int, grad_accum: int) -> dict:
     ds = deepspeed_config(zero_stage=t.zero_stage, micro_batch_size=t.micro_batch_size, grad_accum_steps=grad_accum,
                           dp_size=dp_size, bf16=t.precision == "bf16-params", grad_clip=cfg.optim.grad_clip or None)
     ds["checkpoint"] = {"tag_validation": "Ignore"}
-    _merge(ds, json.loads(json.dumps(t.deepspeed)))  # e.g. {zero_optimization: {overlap_comm: true}}
+    deep_merge(ds, json.loads(json.dumps(t.deepspeed)))  # e.g. {zero_optimization: {overlap_comm: true}}
     if ds["zero_optimization"]["stage"] != t.zero_stage:
         raise ConfigError("train.deepspeed sets zero_optimization.stage: use train.zero_stage")
     return ds

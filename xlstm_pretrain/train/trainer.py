@@ -3,13 +3,22 @@
     torchrun --nproc_per_node N -m xlstm_pretrain.train --config configs/runs/RUN.yaml [key=value ...]
     deepspeed --num_gpus N --module xlstm_pretrain.train --config ...     (passes --local_rank)
 
-1. config, processes, data and tokenizer checks (every problem fails here, before anything is written)
-2. the model (seeded, TP-sharded), AdamW with the weight-decay groups, the DeepSpeed ZeRO engine
-3. resume from the latest complete checkpoint (--resume auto), or start fresh
-4. per step: lr from the schedule; the step's global batch (train.batch_size_rampup, then
-   train.global_batch_size); micro-batches forward/backward (DeepSpeed accumulates, reduces, clips
-   and steps at the boundary); a non-finite loss or gradient norm makes DeepSpeed skip the update;
-   log, evaluate at FLOP milestones and intervals, checkpoint
+``train()`` reads as the run does; each part is one ``Trainer`` method:
+
+    Trainer(...)       setup: config, processes, data and tokenizer checks (every problem fails here, before
+                       anything is written); the model (seeded, TP-sharded), AdamW with the weight-decay
+                       groups, the DeepSpeed ZeRO engine; resume from the latest complete checkpoint
+                       (--resume auto) or start fresh
+    announce()         config.yaml, deepspeed_config.json, what runs where; the data stream from the resume point
+    train_step()       lr from the schedule; the step's global batch (train.batch_size_rampup, then
+                       train.global_batch_size) as micro-batches forward/backward (DeepSpeed accumulates,
+                       reduces, clips and steps at the boundary; a non-finite loss or gradient norm makes it
+                       skip the update)
+    record_step()      progress counters, the train row (metrics.jsonl, stdout, wandb) or the skipped step
+    validate_if_due()  validation at FLOP milestones, intervals and the end
+    checkpoint_if_due()
+    hooks.on_step_done()  test/debug callbacks (hooks.py; XLSTM_TRAIN_HOOKS for the command line)
+    finish()           summary.json, loss.png
 Exit codes: 0 done, 2 config/data error (before training), 3 stopped after too many non-finite steps.
 """
 
@@ -20,6 +29,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,9 +40,10 @@ from xlstm_pretrain.config import ConfigError, dump_yaml
 
 from . import setup
 from .batch_schedule import BatchSchedule
-from .checkpoint import Checkpointer, Progress, maybe_kill
+from .checkpoint import Checkpointer, Progress
 from .config import check_run
 from .evaluate import crossed_milestone, evaluate, validation_slice
+from .hooks import TrainerHooks, hooks_from_env
 from .metrics import GateTelemetry, MetricsLogger, Window, device_mfu, memory_gib, plot_metrics, training_flops_per_token
 from .optim import LRSchedule, set_lr
 
@@ -64,105 +75,146 @@ def micro_batch_loss(engine, batch: dict, device, autocast, state) -> torch.Tens
     return lm_loss(engine.module, logits, labels).sum() / token_count(labels, state)
 
 
-def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
-    from xlstm_pretrain.data import GlobalBatchSampler, build_dataloader
-    from xlstm_pretrain.model import count_params
-    from xlstm_pretrain.parallel import init_parallel_state
+def train(cfg, resume: str = "auto", local_rank: int | None = None, hooks: TrainerHooks | None = None) -> dict:
+    """Train ``cfg`` to ``train.steps``; returns the run summary (also written to RUN_DIR/summary.json)."""
+    trainer = Trainer(cfg, resume, local_rank, hooks or TrainerHooks())
+    trainer.announce()
+    while trainer.progress.step < cfg.train.steps:
+        result = trainer.train_step()
+        trainer.record_step(result)
+        trainer.validate_if_due(result)
+        trainer.checkpoint_if_due(result)
+        trainer.hooks.on_step_done(result.step, result.loss)
+    return trainer.finish()
 
-    # ---- 1. checks before anything is built or written -------------------------------------------
-    rt = setup.init_distributed(cfg.train.device, local_rank)
-    grad_accum = check_run(cfg, rt.world_size)  # of train.global_batch_size (the engine is built with it)
-    batch_schedule = BatchSchedule.from_config(cfg.train)
-    data = setup.build_data(cfg)
-    state = init_parallel_state(cfg.parallel, rt.device.type)
-    t, run_dir = cfg.train, Path(cfg.train.run_dir)
-    checkpointer = Checkpointer(cfg, None, None, rt, state, data.tokenizer_sha256)
-    resume_from = checkpointer.find(resume)
-    if resume_from is not None:
-        checkpointer.check_compatible(resume_from)
-    eval_mb = cfg.eval.micro_batch_size or t.micro_batch_size
-    val_indices = (validation_slice(len(data.validation), cfg.eval.samples, eval_mb, state.dp, state.dp_rank)
-                   if data.validation is not None else None)
 
-    # ---- 2. model, optimizer, engine -------------------------------------------------------------
-    model = setup.build_parallel_model(cfg, state, rt.device)
-    engine, optimizer = setup.build_engine(cfg, model, state, grad_accum)
-    checkpointer.engine, checkpointer.model = engine, model
-    autocast = setup.autocast(cfg, rt.device)
-    schedule = LRSchedule(cfg.optim, t.steps)
-    seq = cfg.data.seq_len
-    flops_per_token = training_flops_per_token(cfg.model, seq)
-    tokens_per_step = t.global_batch_size * seq  # after the ramp-up; each step counts its own batch below
-    flops_per_step = flops_per_token * tokens_per_step
+@dataclass
+class StepResult:
+    """One optimizer step as taken: what the log, validation and checkpoint decisions need."""
 
-    # ---- 3. resume or start ----------------------------------------------------------------------
-    if resume_from is not None:
-        progress = checkpointer.load(resume_from)
-    else:
-        progress = Progress()
-    checkpointer.clean_stale(progress.step)
-    logger = MetricsLogger(cfg, rt, progress, resumed=resume_from is not None)
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, run_dir / "config.yaml")
-        ds_config = setup.deepspeed_config_for(cfg, state.dp, grad_accum)
-        (run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-    logger.print(
-        f"xLSTM {cfg.model.family} model: {count_params(cfg.model):,} parameters, blocks "
-        f"{''.join('s' if b == 'slstm' else 'm' for b in cfg.model.block_types)} | world {rt.world_size} = "
-        f"DP {state.dp} x CP {state.cp} x TP {state.tp}, ZeRO-{t.zero_stage}, {t.precision} | batch "
-        f"{t.global_batch_size} x {seq} tokens = {grad_accum} micro-steps x {t.micro_batch_size} x DP {state.dp} | "
-        f"{flops_per_step:.3e} FLOPs/step | device {rt.device_name or rt.device.type}")
-    if batch_schedule.ramped:
-        logger.print(f"batch ramp-up: {batch_schedule.describe()} sequences per step; "
-                     f"{batch_schedule.consumed_samples(t.steps) * seq:,} tokens in {t.steps} steps")
-    kernel_backend, kernel_reason = xlstm_kernels.resolve_backend(cfg.model.backend, rt.device, cfg.model.mlstm_form,
-                                                                  cfg.model.chunk_size)
-    slstm_backend = xlstm_kernels.resolve_backend(cfg.model.backend, rt.device, chunk_size=cfg.model.chunk_size)[0]
-    logger.print(f"cell kernels: mLSTM backend {kernel_backend!r}, sLSTM backend {slstm_backend!r} "
-                 f"(model.backend={cfg.model.backend!r}; {kernel_reason})")
-    logger.print(f"resumed from {resume_from} at step {progress.step}" if resume_from
-                 else f"starting at step 0 (run dir {run_dir})")
-    if checkpointer.resharded_from:
-        logger.print(f"layout changed on resume: saved as {checkpointer.resharded_from}, now "
-                     f"{checkpointer.layout()} (weights and optimizer state from its universal/ part)")
+    step: int  # 1-based, as logged
+    loss: float  # the global mean token loss (NaN for a skipped step)
+    grad_norm: float
+    applied: bool  # False: DeepSpeed skipped the update (non-finite loss or gradient norm)
+    seconds: float
+    batch_size: int  # sequences (train.batch_size_rampup, then train.global_batch_size)
+    tokens: int
+    flops: float
+    flops_before: float  # the run's FLOPs before this step (a validation milestone is crossed in between)
+    log: bool  # a logging step (logging.interval, the first and the last step)
+    gates: dict | None  # gate telemetry, on logging steps
 
-    sampler = GlobalBatchSampler(batch_schedule.batch_size if batch_schedule.ramped else t.global_batch_size,
-                                 t.micro_batch_size, state.dp_rank, state.dp,
-                                 consumed_samples=progress.consumed_samples, num_steps=t.steps - progress.step,
-                                 first_step=progress.step)
-    batches = iter(build_dataloader(data.train, sampler, cfg.data.num_workers,
-                                    pin_memory=cfg.data.pin_memory and rt.device.type == "cuda"))
-    telemetry = GateTelemetry(model) if cfg.logging.gate_telemetry else None
-    window = Window()
-    last = {"val_step": None, "ckpt_step": progress.step if resume_from else None, "val_loss": None,
-            "train_loss": None}
-    first_step = progress.step
 
-    # ---- 4. the loop -----------------------------------------------------------------------------
-    while progress.step < t.steps:
-        step = progress.step + 1  # the step being taken, 1-based (as logged)
-        log_step = step % cfg.logging.interval == 0 or step == t.steps or step == first_step + 1
-        lr = schedule(step - 1)
-        set_lr(optimizer, lr)
-        batch_size = batch_schedule.batch_size(step - 1)
-        micro_steps = batch_schedule.grad_accum(step - 1, t.micro_batch_size, state.dp)
+class Trainer:
+    """Everything a run builds before its first step, and the steps of the loop as methods.
+
+    ``__init__`` is the setup, in the order that makes every config, data-path and tokenizer problem fail
+    before the model is built and before anything is written: checks, data, model and engine, resume.
+    """
+
+    def __init__(self, cfg, resume: str, local_rank: int | None, hooks: TrainerHooks):
+        from xlstm_pretrain.parallel import init_parallel_state
+
+        self.cfg, self.hooks = cfg, hooks
+        t = cfg.train
+        # ---- checks before anything is built or written
+        self.rt = setup.init_distributed(t.device, local_rank)
+        self.grad_accum = check_run(cfg, self.rt.world_size)  # of train.global_batch_size (the engine is built with it)
+        self.batch_schedule = BatchSchedule.from_config(t)
+        self.data = setup.build_data(cfg)
+        self.state = init_parallel_state(cfg.parallel, self.rt.device.type)
+        self.run_dir = Path(t.run_dir)
+        self.checkpointer = Checkpointer(cfg, None, None, self.rt, self.state, self.data.tokenizer_sha256, hooks)
+        self.resume_from = self.checkpointer.find(resume)
+        if self.resume_from is not None:
+            self.checkpointer.check_compatible(self.resume_from)
+        self.eval_mb = cfg.eval.micro_batch_size or t.micro_batch_size
+        self.val_indices = (validation_slice(len(self.data.validation), cfg.eval.samples, self.eval_mb, self.state.dp,
+                                             self.state.dp_rank) if self.data.validation is not None else None)
+        # ---- model, optimizer, engine
+        self.model = setup.build_parallel_model(cfg, self.state, self.rt.device)
+        self.engine, self.optimizer = setup.build_engine(cfg, self.model, self.state, self.grad_accum)
+        self.checkpointer.engine, self.checkpointer.model = self.engine, self.model
+        self.autocast = setup.autocast(cfg, self.rt.device)
+        self.schedule = LRSchedule(cfg.optim, t.steps)
+        self.flops_per_token = training_flops_per_token(cfg.model, cfg.data.seq_len)
+        # ---- resume or start
+        self.progress = self.checkpointer.load(self.resume_from) if self.resume_from is not None else Progress()
+        self.checkpointer.clean_stale(self.progress.step)
+        self.logger = MetricsLogger(cfg, self.rt, self.progress, resumed=self.resume_from is not None)
+        self.first_step = self.progress.step
+        self.last_val_loss = self.last_train_loss = None
+        self.last_ckpt_step = self.progress.step if self.resume_from else None
+        self.kernel_backend, self.kernel_reason = xlstm_kernels.resolve_backend(
+            cfg.model.backend, self.rt.device, cfg.model.mlstm_form, cfg.model.chunk_size)
+        self.slstm_backend = xlstm_kernels.resolve_backend(cfg.model.backend, self.rt.device,
+                                                           chunk_size=cfg.model.chunk_size)[0]
+
+    # ---- before the first step -------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Write config.yaml and deepspeed_config.json, print what runs where, and open the data stream."""
+        from xlstm_pretrain.data import GlobalBatchSampler, build_dataloader
+        from xlstm_pretrain.model import count_params
+
+        cfg, t, rt, state, progress = self.cfg, self.cfg.train, self.rt, self.state, self.progress
+        seq, logger = cfg.data.seq_len, self.logger
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.run_dir / "config.yaml")
+            ds_config = setup.deepspeed_config_for(cfg, state.dp, self.grad_accum)
+            (self.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
+        flops_per_step = self.flops_per_token * t.global_batch_size * seq  # after the ramp-up
+        logger.print(
+            f"xLSTM {cfg.model.family} model: {count_params(cfg.model):,} parameters, blocks "
+            f"{''.join('s' if b == 'slstm' else 'm' for b in cfg.model.block_types)} | world {rt.world_size} = "
+            f"DP {state.dp} x CP {state.cp} x TP {state.tp}, ZeRO-{t.zero_stage}, {t.precision} | batch "
+            f"{t.global_batch_size} x {seq} tokens = {self.grad_accum} micro-steps x {t.micro_batch_size} x DP "
+            f"{state.dp} | {flops_per_step:.3e} FLOPs/step | device {rt.device_name or rt.device.type}")
+        if self.batch_schedule.ramped:
+            logger.print(f"batch ramp-up: {self.batch_schedule.describe()} sequences per step; "
+                         f"{self.batch_schedule.consumed_samples(t.steps) * seq:,} tokens in {t.steps} steps")
+        logger.print(f"cell kernels: mLSTM backend {self.kernel_backend!r}, sLSTM backend {self.slstm_backend!r} "
+                     f"(model.backend={cfg.model.backend!r}; {self.kernel_reason})")
+        logger.print(f"resumed from {self.resume_from} at step {progress.step}" if self.resume_from
+                     else f"starting at step 0 (run dir {self.run_dir})")
+        if self.checkpointer.resharded_from:
+            logger.print(f"layout changed on resume: saved as {self.checkpointer.resharded_from}, now "
+                         f"{self.checkpointer.layout()} (weights and optimizer state from its universal/ part)")
+        batch_size = self.batch_schedule.batch_size if self.batch_schedule.ramped else t.global_batch_size
+        sampler = GlobalBatchSampler(batch_size, t.micro_batch_size, state.dp_rank, state.dp,
+                                     consumed_samples=progress.consumed_samples, num_steps=t.steps - progress.step,
+                                     first_step=progress.step)
+        self.batches = iter(build_dataloader(self.data.train, sampler, cfg.data.num_workers,
+                                             pin_memory=cfg.data.pin_memory and rt.device.type == "cuda"))
+        self.telemetry = GateTelemetry(self.model) if cfg.logging.gate_telemetry else None
+        self.window = Window()
+
+    # ---- one step --------------------------------------------------------------------------------
+
+    def train_step(self) -> StepResult:
+        """lr from the schedule, the step's global batch as micro-batches forward/backward (DeepSpeed
+        accumulates, reduces, clips and steps at the boundary), the loss averaged over all ranks."""
+        t, state, engine, schedule = self.cfg.train, self.state, self.engine, self.batch_schedule
+        step = self.progress.step + 1  # the step being taken, 1-based (as logged)
+        log = step % self.cfg.logging.interval == 0 or step == t.steps or step == self.first_step + 1
+        set_lr(self.optimizer, self.schedule(step - 1))
+        batch_size = schedule.batch_size(step - 1)
+        micro_steps = schedule.grad_accum(step - 1, t.micro_batch_size, state.dp)
         if batch_size != engine.train_batch_size():  # ramp-up: DeepSpeed's accumulation = batch / (micro x DP)
             engine.set_train_batch_size(batch_size)
-        tokens_this_step = batch_size * seq
-        flops_this_step = flops_per_token * tokens_this_step
-        if telemetry is not None and log_step:
-            telemetry.start()
+        tokens = batch_size * self.cfg.data.seq_len
+        if self.telemetry is not None and log:
+            self.telemetry.start()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=rt.device)
+        loss_sum = torch.zeros((), device=self.rt.device)
         for micro_step in range(micro_steps):
-            if batch_schedule.ramped:
+            if schedule.ramped:
                 # DeepSpeed places the boundary by its running micro-step count modulo the accumulation
                 # steps, which a change of accumulation (or a resume) misaligns: name it explicitly
                 engine.set_gradient_accumulation_boundary(micro_step == micro_steps - 1)
-            loss = micro_batch_loss(engine, next(batches), rt.device, autocast, state)
-            if step in t.fault.nonfinite_at_steps:
-                loss = loss * float("nan")
+            loss = micro_batch_loss(engine, next(self.batches), self.rt.device, self.autocast, state)
+            loss = self.hooks.transform_loss(step, loss)
             # a non-finite loss poisons every gradient (x NaN), so DeepSpeed's norm check skips the update
             guard = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
             engine.backward(loss * guard)
@@ -177,83 +229,101 @@ def train(cfg, resume: str = "auto", local_rank: int | None = None) -> dict:
             step_loss /= state.dp
         step_loss = step_loss.item()
         seconds = time.perf_counter() - t0
-        gates = telemetry.collect() if telemetry is not None and log_step else None
+        gates = self.telemetry.collect() if self.telemetry is not None and log else None
+        return StepResult(step, step_loss, grad_norm, applied, seconds, batch_size, tokens,
+                          self.flops_per_token * tokens, self.progress.flops, log, gates)
 
-        progress.step = step
-        progress.consumed_samples += batch_size
-        progress.tokens += tokens_this_step
-        flops_before = progress.flops
-        progress.flops += flops_this_step
-        window.add(step_loss, tokens_this_step, seconds)
+    # ---- after a step: progress and logging ------------------------------------------------------
 
-        if not applied:
+    def record_step(self, r: StepResult) -> None:
+        """Advance the progress counters; log the train row, or the skipped step (too many in a row stop
+        the run with ``NonFiniteStop``, the last checkpoint left as it was)."""
+        progress, logger = self.progress, self.logger
+        progress.step = r.step
+        progress.consumed_samples += r.batch_size
+        progress.tokens += r.tokens
+        progress.flops += r.flops
+        self.last_train_loss = r.loss
+        self.window.add(r.loss, r.tokens, r.seconds)
+        if not r.applied:
             progress.skipped_steps += 1
             progress.consecutive_skipped += 1
-            logger.row({"kind": "skipped", "step": step, "loss": step_loss, "grad_norm": grad_norm,
+            logger.row({"kind": "skipped", "step": r.step, "loss": r.loss, "grad_norm": r.grad_norm,
                         "consecutive": progress.consecutive_skipped})
-            logger.print(f"step {step:>7d} | non-finite loss {step_loss} or grad norm {grad_norm}: update skipped "
+            logger.print(f"step {r.step:>7d} | non-finite loss {r.loss} or grad norm {r.grad_norm}: update skipped "
                          f"({progress.consecutive_skipped} in a row, {progress.skipped_steps} in total)")
-            if progress.consecutive_skipped >= t.max_consecutive_nonfinite:
+            if progress.consecutive_skipped >= self.cfg.train.max_consecutive_nonfinite:
                 logger.close()
-                raise NonFiniteStop(f"{progress.consecutive_skipped} non-finite steps in a row (at step {step}); "
+                raise NonFiniteStop(f"{progress.consecutive_skipped} non-finite steps in a row (at step {r.step}); "
                                     f"stopping with the last checkpoint intact")
-        else:
-            progress.consecutive_skipped = 0
-
-        if log_step and applied:
-            row = {"kind": "train", "step": step, "tokens": progress.tokens, "flops": progress.flops,
-                   "loss": step_loss, "loss_avg": window.mean_loss(), "lr": engine.get_lr()[0], "grad_norm": grad_norm,
-                   "tokens_per_s": window.tokens / max(window.seconds, 1e-9), "step_time_s": seconds,
-                   "mem_gib": memory_gib(rt.device), "skipped_steps": progress.skipped_steps}
-            mfu = device_mfu(flops_this_step / seconds / rt.world_size, rt.device_name)
+            return
+        progress.consecutive_skipped = 0
+        if r.log:
+            window = self.window
+            row = {"kind": "train", "step": r.step, "tokens": progress.tokens, "flops": progress.flops,
+                   "loss": r.loss, "loss_avg": window.mean_loss(), "lr": self.engine.get_lr()[0],
+                   "grad_norm": r.grad_norm, "tokens_per_s": window.tokens / max(window.seconds, 1e-9),
+                   "step_time_s": r.seconds, "mem_gib": memory_gib(self.rt.device),
+                   "skipped_steps": progress.skipped_steps}
+            mfu = device_mfu(r.flops / r.seconds / self.rt.world_size, self.rt.device_name)
             if mfu is not None:
                 row["mfu"] = mfu
-            if gates:
-                row["gates"] = gates
+            if r.gates:
+                row["gates"] = r.gates
             logger.row(row)
             logger.train_line(row)
             window.reset()
 
-        milestone = crossed_milestone(flops_before, progress.flops, cfg.eval.flop_milestones_per_decade,
+    # ---- validation at FLOP milestones, intervals and the end ------------------------------------
+
+    def validate_if_due(self, r: StepResult) -> None:
+        cfg, progress = self.cfg, self.progress
+        milestone = crossed_milestone(r.flops_before, progress.flops, cfg.eval.flop_milestones_per_decade,
                                       cfg.eval.min_flops)
         reason = ("milestone" if milestone is not None else
-                  "interval" if cfg.eval.interval and step % cfg.eval.interval == 0 else
-                  "end" if cfg.eval.at_end and step == t.steps else None)
-        if reason and val_indices is not None:
-            val_loss, val_tokens = evaluate(engine.module, data.validation, val_indices, eval_mb, rt.device,
-                                            autocast, state)
-            row = {"kind": "val", "step": step, "tokens": progress.tokens, "flops": progress.flops,
-                   "train_loss": window.train_loss_since_eval(), "val_loss": val_loss,
-                   "val_ppl": math.exp(min(val_loss, 700.0)), "val_tokens": val_tokens, "reason": reason}
-            if milestone is not None:
-                row["milestone_flops"] = milestone
-            logger.row(row)
-            logger.print(f"step {step:>7d} | validation loss {val_loss:.4f} ppl {row['val_ppl']:.2f} "
-                         f"({val_tokens:,} tokens, {reason}) | {progress.flops:.3e} FLOPs")
-            last.update(val_step=step, val_loss=val_loss)
+                  "interval" if cfg.eval.interval and r.step % cfg.eval.interval == 0 else
+                  "end" if cfg.eval.at_end and r.step == cfg.train.steps else None)
+        if reason is None or self.val_indices is None:
+            return
+        val_loss, val_tokens = evaluate(self.engine.module, self.data.validation, self.val_indices, self.eval_mb,
+                                        self.rt.device, self.autocast, self.state)
+        row = {"kind": "val", "step": r.step, "tokens": progress.tokens, "flops": progress.flops,
+               "train_loss": self.window.train_loss_since_eval(), "val_loss": val_loss,
+               "val_ppl": math.exp(min(val_loss, 700.0)), "val_tokens": val_tokens, "reason": reason}
+        if milestone is not None:
+            row["milestone_flops"] = milestone
+        self.logger.row(row)
+        self.logger.print(f"step {r.step:>7d} | validation loss {val_loss:.4f} ppl {row['val_ppl']:.2f} "
+                          f"({val_tokens:,} tokens, {reason}) | {progress.flops:.3e} FLOPs")
+        self.last_val_loss = val_loss
 
-        if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or (
-                step == t.steps and cfg.checkpoint.save_final):
-            path = checkpointer.save(progress, schedule.state_dict(step))
-            last["ckpt_step"] = step
-            logger.print(f"step {step:>7d} | checkpoint {path}")
-        maybe_kill(t.fault, step, "step", rt.rank)
-        last["train_loss"] = step_loss
+    # ---- checkpoint ------------------------------------------------------------------------------
 
-    # ---- done ------------------------------------------------------------------------------------
-    summary = {"step": progress.step, "train_loss": last["train_loss"], "val_loss": last["val_loss"],
-               "skipped_steps": progress.skipped_steps, "run_dir": str(run_dir),
-               "metrics": str(run_dir / "metrics.jsonl"), "checkpoint": None,
-               "kernel_backend": kernel_backend, "kernel_backend_reason": kernel_reason,
-               "slstm_kernel_backend": slstm_backend}
-    if last["ckpt_step"] is not None:
-        summary["checkpoint"] = str(checkpointer.root / f"step_{last['ckpt_step']:08d}")
-    if rt.is_main and (run_dir / "metrics.jsonl").is_file():
-        summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png"))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.close()
-    logger.print(f"done: {json.dumps(summary)}")
-    return summary
+    def checkpoint_if_due(self, r: StepResult) -> None:
+        c = self.cfg.checkpoint
+        if (c.interval and r.step % c.interval == 0) or (r.step == self.cfg.train.steps and c.save_final):
+            path = self.checkpointer.save(self.progress, self.schedule.state_dict(r.step))
+            self.last_ckpt_step = r.step
+            self.logger.print(f"step {r.step:>7d} | checkpoint {path}")
+
+    # ---- the end ---------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """summary.json and loss.png (rank 0), the logger closed; returns the summary."""
+        run_dir, progress = self.run_dir, self.progress
+        summary = {"step": progress.step, "train_loss": self.last_train_loss, "val_loss": self.last_val_loss,
+                   "skipped_steps": progress.skipped_steps, "run_dir": str(run_dir),
+                   "metrics": str(run_dir / "metrics.jsonl"), "checkpoint": None,
+                   "kernel_backend": self.kernel_backend, "kernel_backend_reason": self.kernel_reason,
+                   "slstm_kernel_backend": self.slstm_backend}
+        if self.last_ckpt_step is not None:
+            summary["checkpoint"] = str(self.checkpointer.root / f"step_{self.last_ckpt_step:08d}")
+        if self.rt.is_main and (run_dir / "metrics.jsonl").is_file():
+            summary["plot"] = str(plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png"))
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.logger.close()
+        self.logger.print(f"done: {json.dumps(summary)}")
+        return summary
 
 
 def main(argv=None) -> int:
@@ -273,7 +343,7 @@ def main(argv=None) -> int:
             dp = world // (cfg.parallel.tensor_parallel * cfg.parallel.context_parallel)
             print(json.dumps(setup.deepspeed_config_for(cfg, dp, grad_accum), indent=2))
             return 0
-        train(cfg, resume=args.resume, local_rank=args.local_rank)
+        train(cfg, resume=args.resume, local_rank=args.local_rank, hooks=hooks_from_env())
         return 0
     except ConfigError as e:
         if (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0:
