@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from data_prep.indexed import IndexedDatasetWriter, data_path, index_path
 from data_prep.readers import Document, InputFile, InputLog, document_from_record, iter_file_documents
+from data_prep.shard_writer import IndexedDatasetWriter, data_path, index_path
 from data_prep.tokenizer_info import TokenizerInfo, encode_documents, load_tokenizer
 
 PROGRESS_DIR = "progress"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from data_prep.indexed import token_dtype_for_vocab
+from data_prep.shard_writer import token_dtype_for_vocab
 
 DEFAULT_EOD_TOKEN = "<|endoftext|>"  # GPT-2 (id 50256) and GPT-NeoX-20B (id 0) both use this
 

@@ -22,11 +22,11 @@ from tokenizers import Tokenizer
 
 from data_prep import tokenize as tokenize_cli
 from data_prep import train_tokenizer
-from data_prep.indexed import IndexedDatasetWriter
 from data_prep.pipeline import PrepOptions, prepare
 from data_prep.readers import BAD_INPUT_REASONS, InputError
 from data_prep.shard_jobs import OutputConflict
-from xlstm_pretrain.data.indexed import IndexedDataset, token_dtype_for_vocab
+from data_prep.shard_writer import IndexedDatasetWriter
+from xlstm_pretrain.data.shard_reader import IndexedDataset, token_dtype_for_vocab
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = "the of data model token stream shard sample naïve café 日本語 emoji🙂 x=1; def f(): return".split()

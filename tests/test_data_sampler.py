@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.indexed import IndexedDatasetWriter
+from data_prep.shard_writer import IndexedDatasetWriter
 from xlstm_pretrain.config_loader import ConfigError, load_config
 from xlstm_pretrain.data import (
     DataConfig,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.indexed import IndexedDatasetWriter
+from data_prep.shard_writer import IndexedDatasetWriter
 from xlstm_pretrain.data import PackedSamples
 from xlstm_pretrain.parallel import single_process_state
 from xlstm_pretrain.train.evaluate import evaluate, validation_slice, validation_windows

@@ -8,14 +8,14 @@ Typical use by a trainer::
     for batch in loader: ...  # {"input_ids", "labels": (B, S) int64, "doc_boundaries": (B, S) bool}
 
 The torch-dependent names (loader.py) are imported lazily, so data_prep's worker processes can use the
-shard reader (indexed.py) without importing torch.
+shard reader (shard_reader.py) without importing torch.
 """
 
 from xlstm_pretrain.data.config import DataConfig, ShardSetConfig
-from xlstm_pretrain.data.indexed import IndexedDataset, token_dtype_for_vocab
 from xlstm_pretrain.data.mixture import SampleLocation, ShuffledMixture
 from xlstm_pretrain.data.packed import PackedSamples, TokenStream
 from xlstm_pretrain.data.permutation import IndexPermutation
+from xlstm_pretrain.data.shard_reader import IndexedDataset, token_dtype_for_vocab
 from xlstm_pretrain.data.shard_sets import (
     ShardSet,
     build_train_dataset,

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from xlstm_pretrain.data.indexed import IndexedDataset
+from xlstm_pretrain.data.shard_reader import IndexedDataset
 
 
 class TokenStream:

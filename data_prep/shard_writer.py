@@ -1,5 +1,5 @@
 """Writer for Megatron-LM indexed shards (``.bin`` + ``.idx``); the layout is documented with the reader
-in ``xlstm_pretrain/data/indexed.py`` (re-exported here so data_prep code has one place to import from).
+in ``xlstm_pretrain/data/shard_reader.py`` (re-exported here so data_prep code has one place to import from).
 
 Writes go to ``<prefix>.bin.tmp`` / ``<prefix>.idx.tmp``; ``commit()`` renames them into place, so a
 crash never leaves a half-written file under a final name.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlstm_pretrain.data.indexed import (  # noqa: F401  (re-exported)
+from xlstm_pretrain.data.shard_reader import (  # noqa: F401  (re-exported)
     CODE_FOR_DTYPE,
     INDEX_MAGIC,
     INDEX_VERSION,

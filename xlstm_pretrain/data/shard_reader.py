@@ -17,7 +17,7 @@ The same files are read by Megatron-LM (``megatron/core/datasets/indexed_dataset
 
 ``.bin``: the token ids of all sequences, concatenated, in the dtype named by the code.
 
-Our writer (``data_prep/indexed.py``) stores one sequence per document, so doc_idx is 0..S; the reader
+Our writer (``data_prep/shard_writer.py``) stores one sequence per document, so doc_idx is 0..S; the reader
 accepts the general case (several sequences per document) too.
 
 This module needs only numpy, so data_prep and DataLoader workers can import it without torch.
