@@ -1,13 +1,21 @@
-"""Evaluate a checkpoint on held-out shards: validation loss and perplexity (and the unigram baseline).
+"""Evaluate a checkpoint: validation loss and perplexity on held-out shards (and the unigram baseline),
+or zero-shot downstream tasks through lm-evaluation-harness (``--tasks``; the optional extra ``eval``).
 
     python -m xlstm_pretrain.evaluate --checkpoint runs/quickstart [key=value ...]
     torchrun --nproc_per_node 2 -m xlstm_pretrain.evaluate --checkpoint CKPT parallel.tensor_parallel=2
+    python -m xlstm_pretrain.evaluate --checkpoint CKPT --tasks lambada_openai,hellaswag,piqa,arc_easy
+    python -m xlstm_pretrain.evaluate --checkpoint CKPT --tasks local_cloze --include-path runs/x/tasks
 
 ``--checkpoint``: a run dir (its latest checkpoint), a training checkpoint dir (``step_N``), or a plain
 checkpoint dir (``config.yaml`` + ``model.safetensors``, e.g. a checkpoint's ``consolidated/``). The
 weights are the consolidated, TP-independent state dict, so any tensor-parallel degree can evaluate
 them. The config comes from the checkpoint; overrides change e.g. ``data.validation`` or ``eval.samples``
 (0 = the whole validation set). Prints one JSON line: val_loss, val_ppl, tokens[, unigram_loss].
+
+With ``--tasks`` (lm-eval task names, or tasks of ``--include-path`` folders of lm-eval YAML files) it
+prints a table of the task metrics and one JSON line {"checkpoint", "tasks": {task: {metric: value}}}.
+Log-likelihoods reuse the recurrent state of each context (``xlstm_pretrain.downstream.scoring``).
+Every process runs every request; under torchrun the TP ranks share the work of each forward.
 """
 
 from __future__ import annotations
@@ -22,24 +30,7 @@ import torch
 import torch.distributed as dist
 
 from xlstm_pretrain.config import ConfigError
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The plain (consolidated) checkpoint dir behind a run dir, a training checkpoint or a plain dir."""
-    from xlstm_pretrain.train.checkpoint import latest_checkpoint
-
-    p = Path(path)
-    if (p / "checkpoints").is_dir():
-        found = latest_checkpoint(p)
-        if found is None:
-            raise ConfigError(f"{p} has no complete checkpoint (no checkpoints/latest)")
-        p = found
-    if (p / "consolidated" / "model.safetensors").is_file():
-        p = p / "consolidated"
-    if not (p / "model.safetensors").is_file() or not (p / "config.yaml").is_file():
-        raise ConfigError(f"{path}: not a run dir, a training checkpoint with consolidated/, or a plain checkpoint "
-                          "(config.yaml + model.safetensors)")
-    return p
+from xlstm_pretrain.downstream.checkpoint import resolve_checkpoint
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = False) -> dict:
@@ -82,6 +73,25 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
     return out
 
 
+def evaluate_tasks(checkpoint: str | Path, tasks, overrides=(), *, include_path=None, limit=None, num_fewshot=None,
+                   batch_size: int = 16, dtype: str = "auto", max_length: int | None = None,
+                   log_samples: bool = False) -> dict:
+    """Downstream tasks on a checkpoint: {"checkpoint", "tasks": {task: {metric: value}}[, "samples"]}."""
+    from xlstm_pretrain.downstream.tasks import check_tasks, require_lm_eval, run_tasks, summarize
+
+    require_lm_eval()
+    from xlstm_pretrain.downstream.lm_eval_adapter import XLSTMEvalLM
+
+    manager = check_tasks(tasks, include_path)  # before the model is loaded
+    lm = XLSTMEvalLM.from_checkpoint(checkpoint, overrides, dtype=dtype, batch_size=batch_size,
+                                     max_length=max_length)
+    results = run_tasks(lm, tasks, manager=manager, limit=limit, num_fewshot=num_fewshot, log_samples=log_samples)
+    out = {"checkpoint": str(resolve_checkpoint(checkpoint)), "tasks": summarize(results)}
+    if log_samples:
+        out["samples"] = results["samples"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xlstm_pretrain.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,14 +99,36 @@ def main(argv=None) -> int:
     ap.add_argument("--unigram-baseline", action="store_true",
                     help="also report the loss of the training set's unigram distribution on the same tokens")
     ap.add_argument("--output", type=Path, help="also write the JSON result here")
+    down = ap.add_argument_group("downstream tasks (lm-evaluation-harness)")
+    down.add_argument("--tasks", help="comma-separated lm-eval task names (instead of the validation loss)")
+    down.add_argument("--include-path", action="append", help="a folder of lm-eval task YAML files (repeatable)")
+    down.add_argument("--limit", type=float, help="documents per task (testing only; < 1: a fraction)")
+    down.add_argument("--num-fewshot", type=int, help="few-shot examples (default: zero-shot)")
+    down.add_argument("--batch-size", type=int, default=16, help="contexts (and continuations) per forward")
+    down.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
+                      help="auto: the run's training precision (bf16 autocast for precision=bf16)")
+    down.add_argument("--max-length", type=int,
+                      help="left-truncate context + continuation to this many tokens (default: model.context_length, "
+                           "what lm_eval's hf model uses for the exported folder)")
+    down.add_argument("--log-samples", action="store_true", help="with --output: also write every request's result")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     try:
-        result = evaluate_checkpoint(args.checkpoint, args.overrides, args.unigram_baseline)
+        if args.tasks:
+            limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+            result = evaluate_tasks(args.checkpoint, args.tasks, args.overrides, include_path=args.include_path,
+                                    limit=limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                                    dtype=args.dtype, max_length=args.max_length, log_samples=args.log_samples)
+        else:
+            result = evaluate_checkpoint(args.checkpoint, args.overrides, args.unigram_baseline)
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(json.dumps(result))
+            if args.tasks:
+                from xlstm_pretrain.downstream.table import format_task_table
+
+                print(format_task_table(result["tasks"]))
+            print(json.dumps({k: v for k, v in result.items() if k != "samples"}))
             if args.output:
-                args.output.write_text(json.dumps(result, indent=2) + "\n")
+                args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")
         return 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
