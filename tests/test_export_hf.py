@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from xlstm_pretrain.export import ExportError, load_plain_checkpoint, read_plain_checkpoint, save_plain_checkpoint
 from xlstm_pretrain.export.hf import export_state_dict_to_hf, export_to_hf, import_from_hf, main
-from xlstm_pretrain.export.large_hf import hf_sizes
+from xlstm_pretrain.export.hf_large_native import hf_sizes
 from xlstm_pretrain.export.safetensors_io import INDEX_FILE, load_safetensors
 from xlstm_pretrain.model import ModelConfig, build_model, generate
 

@@ -1,11 +1,13 @@
 """Hugging Face export and import (``python -m xlstm_pretrain.export.hf``; see ``hf.py``).
 
-    plain.py          the plain checkpoint format (config.yaml + model.safetensors [+ tokenizer files])
-    hf.py             export_to_hf / export_state_dict_to_hf / import_from_hf and the command line
-    large_hf.py       large family <-> transformers xLSTMForCausalLM (names, config, what HF cannot express)
-    paper_hf.py       paper family <-> a folder with our remote code (hf_paper/)
-    hf_files.py       config.json, generation_config.json, tokenizer files
-    safetensors_io.py single or sharded safetensors with the standard index
+    plain.py                  the plain checkpoint format (config.yaml + model.safetensors [+ tokenizer files])
+    hf.py                     export_to_hf / export_state_dict_to_hf / import_from_hf and the command line
+    hf_large_native.py        large family <-> transformers' own xLSTMForCausalLM (names, config, what HF
+                              cannot express)
+    hf_paper_remote_code.py   paper family <-> a folder that carries our remote code (copied from hf_paper/)
+    hf_paper/                 that remote code: the files copied verbatim into every paper-family folder
+    hf_nonweight_files.py     config.json, generation_config.json, tokenizer files
+    safetensors_io.py         single or sharded safetensors with the standard index
 """
 
 from .errors import ExportError

@@ -4,8 +4,8 @@
            [--dtype bfloat16] [--untie-embeddings] [--eos-token-id N] ...
     python -m xlstm_pretrain.export.hf --from-hf HF_DIR --out CKPT_DIR [--context-length 4096]
 
-- large family -> native ``transformers`` ``xLSTMForCausalLM`` (``large_hf.py``);
-- paper family -> a folder with our standalone remote code (``paper_hf.py``, ``hf_paper/``);
+- large family -> native ``transformers`` ``xLSTMForCausalLM`` (``hf_large_native.py``);
+- paper family -> a folder with our standalone remote code (``hf_paper_remote_code.py``, ``hf_paper/``);
 - import: a transformers xLSTM folder (e.g. NX-AI/xLSTM-7b: config.json + sharded safetensors), or a
   paper folder exported here, -> a plain checkpoint (``plain.py``) for continued pretraining.
 
@@ -28,11 +28,11 @@ from xlstm_pretrain.config import Config
 from xlstm_pretrain.model import build_model
 from xlstm_pretrain.model.config import ModelConfig
 
-from . import hf_files
+from . import hf_nonweight_files
 from .errors import ExportError
-from .large_hf import check_hf_expressible, large_config_to_hf, large_from_hf, large_state_dict_to_hf
-from .paper_hf import MODEL_TYPE as PAPER_MODEL_TYPE
-from .paper_hf import copy_remote_code, paper_config_to_hf, paper_from_hf, paper_state_dict_to_hf
+from .hf_large_native import check_hf_expressible, large_config_to_hf, large_from_hf, large_state_dict_to_hf
+from .hf_paper_remote_code import MODEL_TYPE as PAPER_MODEL_TYPE
+from .hf_paper_remote_code import copy_remote_code, paper_config_to_hf, paper_from_hf, paper_state_dict_to_hf
 from .plain import TOKEN_ID_KEYS, TOKENIZER_FILES, read_plain_checkpoint, write_plain_checkpoint
 from .safetensors_io import DEFAULT_MAX_SHARD_BYTES, load_safetensors, parse_size, save_safetensors
 
@@ -91,9 +91,9 @@ def export_state_dict_to_hf(
         config, hf_sd = paper_config_to_hf(model_cfg, dtype, token_ids), paper_state_dict_to_hf(state_dict, model_cfg)
         copy_remote_code(out_dir)
     save_safetensors({k: v.to(dtype) for k, v in hf_sd.items()}, out_dir, max_shard_bytes)
-    hf_files.write_config(out_dir, config)
-    hf_files.write_generation_config(out_dir, token_ids)
-    hf_files.copy_tokenizer(list(tokenizer_files), out_dir, token_ids, model_cfg.context_length)
+    hf_nonweight_files.write_config(out_dir, config)
+    hf_nonweight_files.write_generation_config(out_dir, token_ids)
+    hf_nonweight_files.copy_tokenizer(list(tokenizer_files), out_dir, token_ids, model_cfg.context_length)
     return out_dir
 
 
@@ -114,7 +114,7 @@ def export_to_hf(checkpoint_dir: str | Path, out_dir: str | Path, *, token_ids: 
     generation_config.json over ``<|endoftext|>`` of its tokenizer (bos = eos); ids known nowhere are null."""
     ckpt = read_plain_checkpoint(_plain_dir(checkpoint_dir))
     tokenizer_json = ckpt.directory / "tokenizer.json"
-    ids = {**hf_files.eod_token_ids(tokenizer_json if tokenizer_json.is_file() else None), **ckpt.token_ids,
+    ids = {**hf_nonweight_files.eod_token_ids(tokenizer_json if tokenizer_json.is_file() else None), **ckpt.token_ids,
            **(token_ids or {})}
     return export_state_dict_to_hf(ckpt.cfg.model, ckpt.state_dict, out_dir, token_ids=ids,
                                    tokenizer_files=ckpt.tokenizer_files, **kwargs)
