@@ -1,18 +1,23 @@
-"""Our torch chunkwise mLSTM vs the `transformers` native chunkwise mLSTM, side by side on CPU.
+"""Our torch chunkwise mLSTM vs the strongest pure-PyTorch peers, side by side on CPU.
 
-1. forward+backward time on the same inputs (default B=1, NH=4, S=4096, DH=64, fp32, chunk 64), printed
-   as a ratio (transformers time / ours: > 1 means we are faster), plus the max output difference;
+1. forward+backward time on the same inputs (default B=1, NH=4, DH=64, fp32, chunk 64) for
+   S = 512 .. 8192 (``--S`` for others), interleaved repetitions, median: ours, mlstm_kernels'
+   ``chunkwise--native_custbw`` (hand-written backward; the official pure-torch kernel, an optional
+   benchmark peer: ``pip install mlstm_kernels``, never a dependency) and transformers'
+   ``mlstm_chunkwise_native_autograd`` (its fallback when ``xlstm`` is absent). Printed: times, the ratios
+   peer / ours (> 1: we are faster), our time per doubling of S (2.0 = linear), max output difference;
 2. activation memory (bytes of the distinct tensors autograd saves for backward, counted with
    saved-tensor hooks: deterministic, independent of allocator noise) for S = 1k..16k, our chunkwise
    vs our quadratic parallel form.
 
-    python tools/bench/mlstm_chunkwise_cpu.py [--S 4096] [--reps 5] [--mem-only | --time-only]
+    python tools/bench/mlstm_chunkwise_cpu.py [--S 512 2048 8192] [--reps 5] [--mem-only | --time-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import statistics
 import time
 
@@ -49,26 +54,45 @@ def fwd_bwd(fn, inputs):
     return time.perf_counter() - t0, h.detach()
 
 
+def native_custbw():
+    """mlstm_kernels' pure-torch chunkwise kernel with its hand-written backward, or None if not installed."""
+    try:
+        from mlstm_kernels.torch.chunkwise.native import mlstm_chunkwise__native_custbw
+    except ImportError:
+        return None
+    return mlstm_chunkwise__native_custbw
+
+
 def bench_time(args):
     from xlstm_kernels import mlstm_chunkwise
 
+    fns = {"ours": lambda *x: mlstm_chunkwise(*x, chunk_size=args.chunk)}
+    custbw = native_custbw()
+    if custbw is not None:
+        fns["mlstm_kernels native_custbw"] = lambda *x: custbw(*x, chunk_size=args.chunk)
+    else:
+        print("mlstm_kernels is not installed: native_custbw skipped (pip install mlstm_kernels)")
     hf = hf_native_chunkwise()
-    inputs = make_inputs(args.B, args.NH, args.S, args.DH)
-    ours = lambda *x: mlstm_chunkwise(*x, chunk_size=args.chunk)  # noqa: E731
-    theirs = lambda *x: hf(*x, chunk_size=args.chunk)  # noqa: E731
-    fwd_bwd(ours, inputs), fwd_bwd(theirs, inputs)  # warm-up
-    t_ours, t_hf = [], []
-    for _ in range(args.reps):  # interleaved, so that background load hits both alike
-        t, h_ours = fwd_bwd(ours, inputs)
-        t_ours.append(t)
-        t, h_hf = fwd_bwd(theirs, inputs)
-        t_hf.append(t)
-    t_ours, t_hf = statistics.median(t_ours), statistics.median(t_hf)
-    print(f"fwd+bwd B={args.B} NH={args.NH} S={args.S} DH={args.DH} fp32 chunk={args.chunk} "
-          f"threads={torch.get_num_threads()} (median of {args.reps})")
-    print(f"  ours (xlstm_kernels.mlstm_chunkwise)        {t_ours * 1e3:9.1f} ms")
-    print(f"  transformers mlstm_chunkwise_native_autograd {t_hf * 1e3:9.1f} ms")
-    print(f"  ratio transformers/ours = {t_hf / t_ours:.2f}   max |h_ours - h_hf| = {(h_ours - h_hf).abs().max():.2e}")
+    fns["transformers native_autograd"] = lambda *x: hf(*x, chunk_size=args.chunk)
+    print(f"fwd+bwd B={args.B} NH={args.NH} DH={args.DH} fp32 chunk={args.chunk} threads={torch.get_num_threads()} "
+          f"(median of {args.reps} interleaved repetitions; ratio = peer time / ours, > 1: we are faster)")
+    peers = [n for n in fns if n != "ours"]
+    print(f"{'S':>6} " + " ".join(f"{n[:28]:>28}" for n in fns) + " " + " ".join(f"{'x ' + n[:20]:>22}" for n in peers)
+          + f" {'ours x per 2S':>13} {'max|dh|':>8}")
+    prev = None
+    for S in args.S:
+        inputs = make_inputs(args.B, args.NH, S, args.DH)
+        outs = {n: fwd_bwd(fn, inputs)[1] for n, fn in fns.items()}  # warm-up, and the outputs to compare
+        times = {n: [] for n in fns}
+        for _ in range(args.reps):  # interleaved, so that background load hits all alike
+            for n, fn in fns.items():
+                times[n].append(fwd_bwd(fn, inputs)[0])
+        t = {n: statistics.median(v) for n, v in times.items()}
+        diff = max((outs[n] - outs["ours"]).abs().max().item() for n in peers)
+        growth = f"{(t['ours'] / prev[1]) ** (1 / math.log2(S / prev[0])):13.2f}" if prev else f"{'-':>13}"
+        print(f"{S:>6} " + " ".join(f"{t[n] * 1e3:25.1f} ms" for n in fns) + " "
+              + " ".join(f"{t[n] / t['ours']:22.2f}" for n in peers) + f" {growth} {diff:8.1e}")
+        prev = (S, t["ours"])
 
 
 def bench_memory(args):
@@ -92,7 +116,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--B", type=int, default=1)
     ap.add_argument("--NH", type=int, default=4)
-    ap.add_argument("--S", type=int, default=4096)
+    ap.add_argument("--S", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     ap.add_argument("--DH", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
