@@ -48,7 +48,7 @@ def reference_run(data, steps=20, lr=3e-3, warmup=2, batch=8, val_samples=16, ba
     from xlstm_pretrain.data import build_train_dataset, build_validation_dataset, collate_samples
     from xlstm_pretrain.model import build_model
     from xlstm_pretrain.train import setup
-    from xlstm_pretrain.train.evaluate import validation_windows
+    from xlstm_pretrain.train.validation import validation_windows
 
     cfg = setup.load_run_config([], tiny_overrides(data, Path("unused")))
     torch.manual_seed(cfg.train.seed)

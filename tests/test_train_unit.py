@@ -16,7 +16,7 @@ from xlstm_pretrain.train import setup
 from xlstm_pretrain.train.batch_schedule import BatchSchedule
 from xlstm_pretrain.train.checkpoint import LATEST, Checkpointer
 from xlstm_pretrain.train.config import OptimConfig, check_run
-from xlstm_pretrain.train.evaluate import crossed_milestone, unigram_cross_entropy
+from xlstm_pretrain.train.validation import crossed_milestone, unigram_cross_entropy
 from xlstm_pretrain.train.metrics import device_mfu, training_flops_per_token
 from xlstm_pretrain.train.optim import LRSchedule, decay_names, weight_decay_groups
 

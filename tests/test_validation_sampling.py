@@ -18,7 +18,7 @@ import torch
 from data_prep.shard_writer import IndexedDatasetWriter
 from xlstm_pretrain.data import PackedSamples
 from xlstm_pretrain.parallel import single_process_state
-from xlstm_pretrain.train.evaluate import evaluate, validation_slice, validation_windows
+from xlstm_pretrain.train.validation import evaluate, validation_slice, validation_windows
 
 VOCAB, SEQ = 64, 16
 # three sources of the split, in split order; each draws its tokens uniformly from its id range

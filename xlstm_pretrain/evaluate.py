@@ -41,8 +41,8 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides=(), unigram: bool = Fa
     from xlstm_pretrain.parallel import (apply_context_parallel, check_layout, init_parallel_state,
                                          load_full_state_dict, parallelize_model)
     from xlstm_pretrain.train import setup
-    from xlstm_pretrain.train.evaluate import (evaluate, token_counts, unigram_cross_entropy, validation_slice,
-                                               validation_targets, validation_windows)
+    from xlstm_pretrain.train.validation import (evaluate, token_counts, unigram_cross_entropy, validation_slice,
+                                                 validation_targets, validation_windows)
 
     plain = resolve_checkpoint(checkpoint)
     # the training layout does not carry over: one process unless the overrides say otherwise

@@ -7,7 +7,8 @@
     batch_schedule.py  the global batch per step (train.batch_size_rampup), tokens consumed before a step
     checkpoint.py  atomic checkpoints (DeepSpeed state + data position + RNG + config), resume, consolidation
     metrics.py     FLOPs/MFU, stdout lines, metrics.jsonl, wandb, gate telemetry, plots
-    evaluate.py    validation loss/perplexity, FLOP milestones, the unigram baseline
+    validation.py  validation loss/perplexity, FLOP milestones, the unigram baseline (in training and for
+                   the standalone `python -m xlstm_pretrain.evaluate`)
 
 This package imports nothing heavy: the root config imports ``train.config``.
 """

@@ -169,7 +169,7 @@ class EvalConfig:
 
     ``samples``: validation windows (of ``data.seq_len`` tokens) per evaluation, all ranks together; 0 or
     more than the split has: the whole split. A subset is one window from each of ``samples`` equal strata
-    of the split, drawn with a fixed seed (``train.evaluate.validation_windows``): spread over every source
+    of the split, drawn with a fixed seed (``train.validation.validation_windows``): spread over every source
     and document of the split, so the loss estimates the whole split's loss, and the same windows at every
     evaluation and for every layout (DP/TP/CP sizes, micro-batch), resumed or not.
     """

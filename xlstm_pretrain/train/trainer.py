@@ -42,7 +42,7 @@ from . import setup
 from .batch_schedule import BatchSchedule
 from .checkpoint import Checkpointer, Progress
 from .config import check_run
-from .evaluate import crossed_milestone, evaluate, validation_slice
+from .validation import crossed_milestone, evaluate, validation_slice
 from .hooks import TrainerHooks, hooks_from_env
 from .metrics import GateTelemetry, MetricsLogger, Window, device_mfu, memory_gib, plot_metrics, training_flops_per_token
 from .optim import LRSchedule, set_lr
