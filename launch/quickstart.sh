@@ -7,8 +7,16 @@
 #   bash launch/quickstart.sh                      # the whole thing
 #   bash launch/quickstart.sh train.steps=50       # extra arguments are config overrides for the trainer
 #   bash launch/quickstart.sh train.steps=20       # shorter than the 25 warm-up steps: they are shortened (a note says so)
+#   bash launch/quickstart.sh --downstream         # then a zero-shot task table (lm-evaluation-harness) on a local
+#                                                  # multiple-choice task written from the held-out corpus
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DOWNSTREAM=0
+overrides=()
+for arg in "$@"; do
+    if [ "$arg" = "--downstream" ]; then DOWNSTREAM=1; else overrides+=("$arg"); fi
+done
+set -- ${overrides[@]+"${overrides[@]}"}
 start=$(date +%s)
 bash tools/setup_venv.sh dev
 PY=.venv/bin/python
@@ -53,3 +61,11 @@ if margin < 1.0 and overridden:  # e.g. train.steps=20: too short to be judged a
 elif margin < 1.0:
     sys.exit("the validation loss is not well below the unigram baseline: something is wrong")
 PY
+
+if [ "$DOWNSTREAM" = 1 ]; then
+    echo "== downstream: a 4-way cloze task from the held-out corpus (chance 0.25), through lm-evaluation-harness"
+    export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1  # a local task: nothing to download
+    $PY -m xlstm_pretrain.downstream.local_task --texts "$DATA/corpus/validation" --out "$OUT/tasks" --docs 100
+    $PY -m xlstm_pretrain.evaluate --checkpoint "$OUT/train" --tasks local_cloze --include-path "$OUT/tasks" \
+        --output "$OUT/downstream.json" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)|it/s\]|^Generating"
+fi
