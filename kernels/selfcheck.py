@@ -1,19 +1,20 @@
-"""Runtime self-check and dispatch for the Triton backends (``backend="triton"``, and ``backend="fla"``,
-whose mLSTM runs on flash-linear-attention's Triton kernels: kernel name ``mlstm_fla``).
+"""Runtime self-check of the Triton kernels (our ``triton`` backend, and ``fla``, whose mLSTM runs on
+flash-linear-attention's Triton kernels: kernel name ``mlstm_fla``). The dispatch (``dispatch.py``) asks
+``passes`` before every Triton call; this module holds the probing logic and the cached results.
 
 On first use per (kernel, device, dtype, head dims, chunk size), the Triton kernel is compared with the
 torch reference on a small problem at the caller's own head dims and chunk size (so the multi-tile paths
 the model uses are the ones checked) that exercises everything it must get right (a ragged last chunk,
 document resets on and inside chunk edges, initial and final state, forward and backward of every
 input). On a mismatch, or if Triton cannot run at all (not installed, CPU tensors without
-``TRITON_INTERPRET=1``, a compile error), the dispatch raises or warns once and falls back to the torch
-reference for that key.
+``TRITON_INTERPRET=1``, a compile error), ``passes`` raises or warns once and returns False, and the
+dispatch falls back to the torch reference for that key.
 
 Mode, from ``set_mode()`` if called, else the env var ``XLSTM_KERNEL_SELFCHECK``, else by device:
   ``raise`` (default on CUDA: a run that asked for fast kernels must not silently train on the Python
   loop): raise ``KernelSelfCheckError`` naming the kernel;  ``warn`` (default elsewhere): warn once and
   fall back;  ``off``: skip the check and always run the Triton kernel.
-This module imports triton lazily (only when a Triton backend is first used).
+This module imports triton lazily (only when a Triton kernel is first probed).
 """
 
 from __future__ import annotations
@@ -211,71 +212,11 @@ def slstm_probe(device: torch.device, dtype: torch.dtype, DH: int = 16) -> str |
     return _compare(names, got, want, dtype)
 
 
-# ---------------------------------------------------------------------------------------------------
-# backends (registered in xlstm_kernels.MLSTM_BACKENDS / SLSTM_BACKENDS as "triton")
-# ---------------------------------------------------------------------------------------------------
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _mlstm_shape(q, v, chunk_size: int) -> dict:
-    return dict(DK=q.shape[-1], DV=v.shape[-1], chunk_size=chunk_size)
-
-
-def mlstm_triton_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
-                         chunk_size=64, form="chunkwise"):
-    """Chunkwise mLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
-    if form != "chunkwise":
-        raise ValueError(f"the triton mLSTM backend computes the chunkwise form only, got form={form!r}")
-    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
-                  chunk_size=chunk_size)
-    if q.dtype in _TRITON_DTYPES and passes("mlstm_chunkwise", q.device, q.dtype, mlstm_probe, **_mlstm_shape(q, v, chunk_size)):
-        from .mlstm import chunkwise_triton
-
-        return chunkwise_triton.mlstm_chunkwise_triton(q, k, v, i, f, **kwargs)
-    from .mlstm.chunkwise import mlstm_chunkwise
-
-    return mlstm_chunkwise(q, k, v, i, f, **kwargs)
-
-
-def _mlstm_fla_probe(device: torch.device, dtype: torch.dtype, **shape) -> str | None:
+def mlstm_fla_probe(device: torch.device, dtype: torch.dtype, **shape) -> str | None:
+    """The FLA mLSTM (``mlstm/fla.py``) through ``mlstm_probe``."""
     from .mlstm.fla import mlstm_fla
 
     # fp32 goes through FLA's tl.dot at Triton's default precision (TF32 on a GPU): a looser fp32 bound.
     # The check is there to catch a wrong kernel (an incompatible FLA version, the interpreter's bf16
     # tl.dot), whose errors are O(1).
     return mlstm_probe(device, dtype, kernel=mlstm_fla, tol=1e-2 if dtype == torch.float32 else None, **shape)
-
-
-def mlstm_fla_backend(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
-                      chunk_size=64, form="chunkwise"):
-    """mLSTM on flash-linear-attention's chunk_simple_gla (kernels/mlstm/fla.py), self-checked like the
-    Triton backend (torch reference for fp64 and single tokens, or when the self-check fails)."""
-    if form != "chunkwise":
-        raise ValueError(f"the fla mLSTM backend computes the chunkwise form only, got form={form!r}")
-    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps,
-                  chunk_size=chunk_size)
-    if q.dtype in _TRITON_DTYPES and q.shape[2] > 1 and passes("mlstm_fla", q.device, q.dtype, _mlstm_fla_probe,
-                                                               **_mlstm_shape(q, v, chunk_size)):
-        from .mlstm.fla import mlstm_fla
-
-        return mlstm_fla(q, k, v, i, f, **kwargs)
-    if q.shape[2] == 1:
-        from .mlstm.naive import mlstm_recurrent
-
-        kwargs.pop("chunk_size")
-        return mlstm_recurrent(q, k, v, i, f, **kwargs)
-    from .mlstm.chunkwise import mlstm_chunkwise
-
-    return mlstm_chunkwise(q, k, v, i, f, **kwargs)
-
-
-def slstm_triton_backend(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
-    """Recurrent sLSTM on the Triton kernels (torch reference for fp64, or when the self-check fails)."""
-    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state)
-    if wx.dtype in _TRITON_DTYPES and passes("slstm_recurrent", wx.device, wx.dtype, slstm_probe, DH=wx.shape[-1]):
-        from .slstm import recurrent_triton
-
-        return recurrent_triton.slstm_recurrent_triton(wx, R, b, **kwargs)
-    from .slstm.naive import slstm_recurrent
-
-    return slstm_recurrent(wx, R, b, **kwargs)

@@ -2,7 +2,7 @@
 
 Skipped when flash-linear-attention is not installed (pip install 'xlstm-pretrain[fla]'). On a CPU
 machine FLA's Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by
-tests/conftest.py and again below), with the two shims of kernels/mlstm/fla.py; sizes are tiny. On a
+tests/conftest.py and again below), with the two shims of kernels/fla_runtime.py; sizes are tiny. On a
 GPU machine run with TRITON_INTERPRET=0. Every output and gradient (q, k, v, i, f and the initial state
 C, n, m) is compared with autograd of the fp64 torch reference; max errors are printed (run with -s),
 next to the error of the fp32 torch reference for scale.
@@ -32,7 +32,7 @@ import kernel_checks  # noqa: E402
 import xlstm_kernels  # noqa: E402
 from kernel_checks import F64, mlstm_problem, parallel_ref, rel_err, triton_test_device  # noqa: E402
 from kernel_checks import fresh_selfcheck  # noqa: E402,F401  (autouse fixture)
-from xlstm_kernels import selfcheck  # noqa: E402
+from xlstm_kernels import boundaries, selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import fla as fla_mod  # noqa: E402
 from xlstm_kernels.mlstm import mlstm_chunkwise, mlstm_recurrent  # noqa: E402
 
@@ -147,7 +147,7 @@ def test_stabiliser_and_segments_match_the_recurrence():
     reset = torch.rand(B, S, generator=g) < 0.1
     reset[1, 0] = True
     m0 = torch.randn(B, NH, 1, generator=g, dtype=F64) * 4
-    starts, cu, cu_cpu, first_seg, last_seg = fla_mod.segments(reset)
+    starts, cu, cu_cpu, first_seg, last_seg = boundaries.document_segments(reset)
     assert cu.tolist() == cu_cpu.tolist() and cu_cpu[-1] == B * S
     assert torch.equal(starts[:, 0], torch.ones(B, dtype=torch.bool)) and torch.equal(starts[:, 1:], reset[:, 1:])
     flat = [b * S + t for b in range(B) for t in range(S) if t == 0 or reset[b, t]]
@@ -299,8 +299,8 @@ def test_registered_boundaries_mean_no_host_sync_in_the_model(monkeypatch):
     from xlstm_pretrain.model import ModelConfig, build_model
 
     calls = []
-    real = fla_mod._segments_from_device_mask
-    monkeypatch.setattr(fla_mod, "_segments_from_device_mask", lambda r: calls.append(1) or real(r))
+    real = boundaries._segments_from_device_mask
+    monkeypatch.setattr(boundaries, "_segments_from_device_mask", lambda r: calls.append(1) or real(r))
     torch.manual_seed(1)
     cfg = ModelConfig(family="large", vocab_size=61, embedding_dim=64, num_blocks=2, num_heads=4, chunk_size=16,
                       backend="fla", fused_ops="fla")
@@ -327,7 +327,7 @@ def test_the_only_host_sync_is_the_unregistered_mask_path():
 
     from xlstm_pretrain.model import fused_fla
 
-    for mod in (fla_mod, fused_fla):
+    for mod in (fla_mod, boundaries, fused_fla):
         tree = ast.parse(insp.getsource(mod))
         allowed = set()
         for node in ast.walk(tree):

@@ -30,13 +30,14 @@ differences exact to ~1e-12 at any length). It matters only through eps: any m w
 function with eps = 0, and the telescoping sums of g' cancel errors in m.
 
 Document resets (varlen). The B rows are flattened into one sequence of B*S tokens cut at every row
-start and every reset (``cu_seqlens``, FLA's varlen layout, batch 1); the trainer builds that layout
-once per micro-batch from the loader's host copy of the mask (``register_host_boundaries``), so no
-layer synchronises with the device. The initial state of a segment
+start and every reset (``cu_seqlens``, FLA's varlen layout, batch 1, from ``boundaries.document_segments``);
+the trainer builds that layout once per micro-batch from the loader's host copy of the mask
+(``xlstm_kernels.register_document_boundaries``), so no layer synchronises with the device. The initial
+state of a segment
 that starts a row is that row's initial state (the zero state if the row also resets at t = 0), of a
 segment starting at a reset the zero state (C, n, m) = 0; the final state of a row is the final state
-of its last segment. Without ``reset`` the batched (non-varlen) path is used. Building ``cu_seqlens`` needs the reset
-positions on the host: for a mask nobody registered they are copied from the device (one sync per call).
+of its last segment. Without ``reset`` the batched (non-varlen) path is used. For a mask nobody
+registered the reset positions are copied from the device (one sync per call).
 
 Precision notes. FLA runs q, k', v' in the input dtype with fp32 accumulation; the outputs num~, den~
 come back in the input dtype (bf16 for bf16 inputs) before the division, and FLA stores the per-chunk
@@ -46,19 +47,14 @@ precision (~1e-3 relative); under the Triton interpreter the products are exact 
 within a chunk and exponentiates differences of those sums (like our Triton kernel, unlike the torch
 reference, which sums the log-forget matrix directly). fp64 inputs use the torch chunkwise reference.
 Single-token calls (S == 1, generation) use the torch recurrent step, as ``backend="torch"`` does.
-``chunk_size`` is passed to FLA as configured (one of ``FLA_CHUNK_SIZES``, else a ValueError; it
-only changes rounding). Gradients flow into
+The configured ``chunk_size`` must be one of ``FLA_CHUNK_SIZES`` (else a ValueError); FLA runs with the
+chunk length of the shared rule (``chunking.chunk_plan`` with the tl.dot floor of 16, as our Triton
+kernel: the configured size, shorter only for sequences shorter than it; it changes rounding only;
+FLA masks the ragged last chunk). Gradients flow into
 q, k, v, i, f and the initial state (C, n, m) (FLA returns dh0; m0 enters through g' and m).
 
-Triton interpreter (TRITON_INTERPRET=1, CPU tensors). FLA 0.6.0 runs there after two small shims
-applied by ``_load()`` only when TRITON_INTERPRET=1 (on a GPU nothing is patched):
-  1. its ``triton.autotune`` kernels would benchmark configs through the GPU driver (``0 active
-     drivers``): every FLA autotuner is reduced to its first config (no benchmarking; configs only
-     change speed);
-  2. ``fla.ops.common.chunk_h`` calls ``.to(tl.int64)`` on ``for i_t in range(NT)`` loop indices, which
-     the interpreter leaves as Python ints (``'int' object has no attribute 'to'``): that module gets a
-     ``range`` that yields interpreter scalars (its only ``range`` calls are those kernel loops).
-bf16 is wrong under the interpreter (its tl.dot mis-handles bf16; FLA has no emulation path, unlike our
+Triton interpreter (TRITON_INTERPRET=1, CPU tensors). FLA 0.6.0 runs there after two small shims that
+``fla_runtime.import_fla`` applies (only there; on a GPU nothing is patched; see that module). bf16 is wrong under the interpreter (its tl.dot mis-handles bf16; FLA has no emulation path, unlike our
 kernels): the self-check of ``backend="fla"`` catches it and falls back to torch. numpy "overflow
 encountered in exp2" warnings there come from FLA's masked (upper-triangle) entries, which ``tl.where``
 discards; on a GPU the same entries are computed and discarded the same way.
@@ -66,85 +62,27 @@ discards; on a GPU the same entries are computed and discarded the same way.
 
 from __future__ import annotations
 
-import builtins
-import os
-import sys
 import threading
-import warnings
-import weakref
 
 import torch
 import torch.nn.functional as F
 
+from ..boundaries import document_segments
+from ..chunking import TL_DOT_MIN_CHUNK, chunk_plan
+from ..fla_runtime import import_fla
 from .naive import MLSTMState, check_inputs, compute_dtype, mlstm_recurrent
-
-INSTALL_HINT = "pip install flash-linear-attention (or: pip install 'xlstm-pretrain[fla]')"
 
 _lock = threading.Lock()
 _chunk_simple_gla = None
 
 
-def _interpreter_shims() -> None:
-    """Make FLA's kernels runnable under TRITON_INTERPRET=1 (see the module docstring)."""
-    from triton.runtime import interpreter
-    from triton.runtime.autotuner import Autotuner
-
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("fla.") or mod is None:
-            continue
-        for obj in list(vars(mod).values()):
-            for _ in range(4):  # heuristics(autotune(jit(fn))): follow .fn down to the autotuner
-                if isinstance(obj, Autotuner):
-                    obj.configs = obj.configs[:1]
-                    break
-                obj = getattr(obj, "fn", None)
-                if obj is None:
-                    break
-
-    def interpreter_range(*args):
-        for t in builtins.range(*(int(a) for a in args)):
-            yield interpreter.interpreter_semantic.to_tensor(t, False)
-
-    import fla.ops.common.chunk_h as chunk_h
-
-    chunk_h.range = interpreter_range
-
-
 def _load():
-    """Import ``chunk_simple_gla`` once (ImportError naming the package when it is missing)."""
+    """``chunk_simple_gla``, imported once through ``fla_runtime.import_fla`` (install hint, interpreter shims)."""
     global _chunk_simple_gla
     with _lock:
         if _chunk_simple_gla is None:
-            try:
-                with warnings.catch_warnings():  # FLA warns "Triton is not supported ..." on CPU-only machines
-                    warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
-                    from fla.ops.simple_gla import chunk_simple_gla
-            except ImportError as e:
-                raise ImportError(f"the 'fla' mLSTM backend needs flash-linear-attention >= 0.6: {INSTALL_HINT} "
-                                  f"({type(e).__name__}: {e})") from e
-            if os.environ.get("TRITON_INTERPRET", "0") == "1":
-                _interpreter_shims()
-            _chunk_simple_gla = chunk_simple_gla
+            _chunk_simple_gla = import_fla("fla.ops.simple_gla", needed_by="the 'fla' mLSTM backend").chunk_simple_gla
     return _chunk_simple_gla
-
-
-def import_fla(name: str):
-    """Import the FLA module ``name`` (e.g. ``"fla.modules.norm.layernorm"``) for other fused paths
-    (``xlstm_pretrain/model/fused_fla.py``): same install hint and, under TRITON_INTERPRET=1, the same
-    interpreter shims as ``_load()`` (re-applied after each import; they are idempotent)."""
-    import importlib
-
-    with _lock:
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Triton is not supported on current platform")
-                mod = importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"model.fused_ops='fla' needs flash-linear-attention >= 0.6: {INSTALL_HINT} "
-                              f"({type(e).__name__}: {e})") from e
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            _interpreter_shims()
-    return mod
 
 
 def stabiliser(log_f: torch.Tensor, i: torch.Tensor, starts: torch.Tensor, m_start: torch.Tensor) -> torch.Tensor:
@@ -172,71 +110,19 @@ def stabiliser(log_f: torch.Tensor, i: torch.Tensor, starts: torch.Tensor, m_sta
     return bs + ((z + lift).cummax(-1).values - lift)
 
 
-def _segments_from_host_mask(reset: torch.Tensor, reset_host: torch.Tensor):
-    """The varlen layout (see ``segments``) with the start positions taken from the host copy of the mask:
-    nothing waits for the device (the small cu_seqlens upload is asynchronous)."""
-    B, S = reset.shape
-    starts = reset.clone()
-    starts[:, 0] = True
-    starts_host = reset_host.to(torch.bool).clone()
-    starts_host[:, 0] = True
-    cu_cpu = torch.cat([starts_host.reshape(-1).nonzero().reshape(-1), torch.tensor([B * S])])
-    cu = cu_cpu.to(reset.device, non_blocking=True)
-    counts = starts.long().sum(-1)  # segments per row, on the device
-    last_seg = counts.cumsum(0) - 1
-    first_seg = last_seg - counts + 1
-    return starts, cu, cu_cpu, first_seg, last_seg
-
-
-_segments_cache: dict[int, tuple] = {}  # id(reset) -> (weakref to reset, its version, the layout)
-_segments_lock = threading.Lock()
-
-
-def register_host_boundaries(reset: torch.Tensor, reset_host: torch.Tensor) -> None:
-    """Remember the varlen layout of the device mask ``reset`` built from ``reset_host`` (the same mask on
-    the CPU, e.g. the loader's copy before it was moved): every layer of this forward and backward then
-    reads it from here, and the model never synchronises with the device for it."""
-    if tuple(reset.shape) != tuple(reset_host.shape):
-        raise ValueError(f"host mask {tuple(reset_host.shape)} does not match the device mask {tuple(reset.shape)}")
-    layout = _segments_from_host_mask(reset.to(torch.bool), reset_host)
-    with _segments_lock:
-        for key in [k for k, (ref, _, _) in _segments_cache.items() if ref() is None]:
-            del _segments_cache[key]  # masks of earlier batches that are gone
-        _segments_cache[id(reset)] = (weakref.ref(reset), reset._version, layout)
-
-
-def segments(reset: torch.Tensor):
-    """Varlen layout of B rows cut at resets.
-
-    Returns (starts (B, S) bool, cu_seqlens (N+1,) long on the device, cu_seqlens_cpu, first_seg (B,) long:
-    index of each row's first segment, last_seg (B,) long: index of each row's last segment).
-    Taken from ``register_host_boundaries`` when the trainer registered this mask; otherwise the start
-    positions are copied from the device (one synchronisation per call).
-    """
-    with _segments_lock:
-        hit = _segments_cache.get(id(reset))
-    if hit is not None and hit[0]() is reset and hit[1] == reset._version:
-        return hit[2]
-    return _segments_from_device_mask(reset)
-
-
-def _segments_from_device_mask(reset: torch.Tensor):
-    """The layout of a mask nobody registered: its start positions are copied to the host, which waits
-    for the device. The only host synchronisation of this module and of model/fused_fla.py."""
-    return _segments_from_host_mask(reset.to(torch.bool), reset.cpu())
-
-
 # Width of the ones block whose values give the normaliser (tl.dot needs >= 16 along every dim).
 NORMALISER_V = 16
 FLA_CHUNK_SIZES = (16, 32, 64, 128)
 
 
-def fla_chunk_size(chunk_size: int) -> int:
-    """The chunk size FLA's kernels run with: the configured one, or a clear error (never a silent clamp)."""
+def fla_chunk_size(seq_len: int, chunk_size: int) -> int:
+    """The chunk length FLA's kernels run with: the shared rule (``chunking.chunk_plan`` with the tl.dot
+    floor, as our Triton kernel) for a configured ``chunk_size`` FLA supports, else a clear error (never a
+    silent clamp of the configured size)."""
     if chunk_size not in FLA_CHUNK_SIZES:
         raise ValueError(f"backend 'fla': chunk_size={chunk_size} is not supported by flash-linear-attention's "
                          f"chunk kernels; use one of {FLA_CHUNK_SIZES} (model.chunk_size)")
-    return chunk_size
+    return chunk_plan(seq_len, chunk_size, TL_DOT_MIN_CHUNK).length
 
 
 def mlstm_fla(
@@ -273,7 +159,7 @@ def mlstm_fla(
         starts[:, 0] = True
         cu = cu_cpu = None
     else:
-        starts, cu, cu_cpu, first_seg, last_seg = segments(reset)  # the mask the trainer registered
+        starts, cu, cu_cpu, first_seg, last_seg = document_segments(reset)  # registered by the trainer
         reset = reset.to(device=device, dtype=torch.bool)
     # m of the state each segment starts from: the row's m0 at t = 0 (unless the row resets there), else
     # the zero state's m = 0
@@ -305,7 +191,7 @@ def mlstm_fla(
     h0 = h0_den = None
     if C0 is not None:  # scaled by exp(-m0), as the stabilised recurrence carries them
         h0, h0_den = C0, n0[..., None].expand(B, NH, DHQK, NORMALISER_V)
-    kwargs = dict(scale=DHQK**-0.5, output_final_state=return_final_state, chunk_size=fla_chunk_size(chunk_size))
+    kwargs = dict(scale=DHQK**-0.5, output_final_state=return_final_state, chunk_size=fla_chunk_size(S, chunk_size))
     if cu is not None:
         qf, kf, vf, ones, gf = (x.reshape(1, B * S, *x.shape[2:]) for x in (qf, kf, vf, ones, gf))
         if h0 is not None:  # per segment: the row's state for a row's first segment, else zeros

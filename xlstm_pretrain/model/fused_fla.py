@@ -26,8 +26,8 @@ with "fla" still runs and checkpoints anywhere.
 Causal conv mapping. FLA's state is (N, C, W) holding the last W = K inputs of which the conv reads the
 last K-1; ours is (B, K-1, C): FLA's initial state is ours transposed with a zero column in front (its
 gradient flows back through the pad/transpose). Document resets: the B rows are flattened into one
-sequence cut at every row start and every reset (``cu_seqlens``, batch 1, as in
-``xlstm_kernels/mlstm/fla.py``; one host sync per call with resets); a row's first segment starts from the
+sequence cut at every row start and every reset (``cu_seqlens``, batch 1: ``xlstm_kernels.document_segments``,
+shared with the FLA mLSTM; no host sync when the trainer registered the batch's mask); a row's first segment starts from the
 row's state (zeros when the row resets at t = 0), every other segment from zeros. Only the conv output is
 FLA's: the returned state (the last K-1 inputs, inputs of finished documents dropped) is a slice of the
 input, computed by the torch code (no kernel needed; this also keeps FLA's final-state backward out).
@@ -44,6 +44,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+import xlstm_kernels
+
 _FLA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -57,9 +59,8 @@ def use_fla(x: torch.Tensor) -> bool:
 
 
 def _mod(name: str):
-    from xlstm_kernels.mlstm.fla import import_fla
-
-    return import_fla(name)
+    """An FLA module, through the kernels' single import point (install hint; interpreter shims)."""
+    return xlstm_kernels.import_fla(name, needed_by="model.fused_ops='fla'")
 
 
 # ---- norms ------------------------------------------------------------------------------------------
@@ -90,8 +91,6 @@ def multihead_layer_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> to
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: torch.Tensor | None,
                   reset: torch.Tensor | None) -> torch.Tensor:
     """y (B, S, C) of ``components.CausalConv1d`` (weight (C, K), state (B, K-1, C) or None, reset (B, S))."""
-    from xlstm_kernels.mlstm.fla import segments
-
     conv = _mod("fla.modules.causal_conv1d")
     B, S, C = x.shape
     dt = x.dtype
@@ -104,7 +103,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     xf = x
     if reset is not None:
         reset = reset.to(device=x.device, dtype=torch.bool)
-        _, cu, cu_cpu, first_seg, _ = segments(reset)
+        _, cu, cu_cpu, first_seg, _ = xlstm_kernels.document_segments(reset)
         xf = x.reshape(1, B * S, C)
         if h0 is not None:
             N = cu.numel() - 1
