@@ -45,14 +45,20 @@ def slstm_step(wx_t, R, b, state: SLSTMState):
     return y, (y, c, n, m_new)
 
 
-def slstm_recurrent(wx, R, b, initial_state: SLSTMState | None = None, reset: torch.Tensor | None = None,
-                    return_final_state: bool = False):
+def check_inputs(wx, R, b, reset=None) -> tuple[int, int, int, int]:
+    """(B, S, NH, DH) of an sLSTM call, or a ValueError naming the shapes that disagree (every backend)."""
     B, S, G, NH, DH = wx.shape
     if G != 4 or tuple(R.shape) != (4, NH, DH, DH) or tuple(b.shape) != (4, NH, DH):
         raise ValueError(f"sLSTM: wx {tuple(wx.shape)}, R {tuple(R.shape)}, b {tuple(b.shape)} do not agree "
                          f"(want wx (B,S,4,NH,DH), R (4,NH,DH,DH), b (4,NH,DH))")
     if reset is not None and tuple(reset.shape) != (B, S):
         raise ValueError(f"sLSTM: reset must be (B, S) = {(B, S)}, got {tuple(reset.shape)}")
+    return B, S, NH, DH
+
+
+def slstm_recurrent(wx, R, b, initial_state: SLSTMState | None = None, reset: torch.Tensor | None = None,
+                    return_final_state: bool = False):
+    B, S, NH, DH = check_inputs(wx, R, b, reset)
     cdt = torch.promote_types(wx.dtype, torch.float32)
     if initial_state is None:
         state = slstm_zero_state(B, NH, DH, cdt, wx.device)
