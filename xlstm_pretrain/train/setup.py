@@ -216,14 +216,15 @@ def enable_activation_checkpointing(model) -> None:
     context-parallel messages (state summaries, the sLSTM ring, conv halos) are replayed, not resent."""
     from torch.utils.checkpoint import checkpoint
 
-    from xlstm_pretrain.parallel.mappings import checkpoint_context
+    from xlstm_pretrain.parallel import checkpoint_context_fn
 
+    context_fn = checkpoint_context_fn(model)  # the model's CP messages: recorded in forward, replayed in recompute
     for block in model.blocks:
         forward = block.forward
 
         def checkpointed(x, state=None, reset=None, return_state=False, _forward=forward):
             return checkpoint(_forward, x, state, reset, return_state, use_reentrant=False,
-                              context_fn=checkpoint_context)
+                              context_fn=context_fn)
 
         block.forward = checkpointed
 
