@@ -7,7 +7,8 @@ Offline: a local lm-eval task (a YAML file + a jsonl written here) on a tiny, br
 - the exported Hugging Face folder through lm-eval's own ``hf`` model (trust_remote_code) gives the
   same log-likelihood on every request and the same accuracies;
 - unknown tasks and tasks whose data is missing are ConfigErrors before anything runs;
-- the milestone table and the accuracy vs FLOPs plot.
+- the milestone table and the accuracy vs FLOPs plot;
+- (slow tier) TP=2 scores and greedy tokens equal TP=1.
 Tests that need lm-evaluation-harness skip without it (CI installs it: the ``dev`` extra includes ``eval``).
 """
 
@@ -280,3 +281,34 @@ def test_milestone_table_and_accuracy_plot(tmp_path):
     assert lines == {"piqa/acc": [[2e9, 0.55], [4e9, 0.6]], "hellaswag/acc": [[2e9, 0.3], [4e9, 0.32]]}
     fig.savefig(tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
+# ---- tensor parallelism -----------------------------------------------------------------------------
+
+
+def _tp_worker(ckpt: str, requests, prompt):
+    from xlstm_pretrain.downstream.checkpoint import load_for_eval
+    from xlstm_pretrain.downstream.scoring import FullLogits
+
+    loaded = load_for_eval(ckpt, ["parallel.tensor_parallel=2"], dtype="float64")
+    assert loaded.parallel_state.tp == 2
+    scores = score_requests(loaded.model, requests, batch_size=3)
+    tokens = generate(FullLogits(loaded.model), torch.tensor([prompt]), 8)
+    return scores, tokens
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: two spawned ranks import torch and the model again
+def test_tensor_parallel_scores_and_generation_equal_one_process(setup):
+    """A checkpoint evaluated at TP=2 (2 gloo ranks, vocab-sharded logits gathered) gives the TP=1 scores
+    and greedy tokens: the state-reuse path (padded, reset, sharded states) under TP."""
+    from dist_utils import run_distributed
+
+    model = setup.model.double()
+    requests = random_requests(model.cfg.vocab_size, contexts=4, per_context=3, seed=5)
+    prompt = [5, 17, 42, 7]
+    want = score_requests(model, requests, batch_size=3)
+    want_tokens = generate(model, torch.tensor([prompt]), 8)
+    for scores, tokens in run_distributed(_tp_worker, 2, str(setup.ckpt), requests, prompt):
+        assert [g for _, g in scores] == [g for _, g in want]
+        assert [lp for lp, _ in scores] == pytest.approx([lp for lp, _ in want], abs=1e-9)
+        assert torch.equal(tokens, want_tokens)
