@@ -12,6 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import functools  # noqa: E402
 import inspect  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -377,18 +378,41 @@ def test_import_without_triton_falls_back():
 # benchmark script
 # ---------------------------------------------------------------------------------------------------
 def test_kernels_compile_for_sm90_without_gpu():
-    """AOT-compile every kernel for an H100 (the interpreter does not catch every compile error)."""
+    """AOT-compile every kernel for an H100 at the shipped shapes (bf16; mLSTM chunk 64 with the 7B's and the
+    paper models' head dims, sLSTM with the paper models' head dims), each with its default autotune config:
+    no register spills (cuobjdump stack bytes 0) and shared memory within the H100's 227 KiB. The interpreter
+    does not catch every compile error, and a spilling kernel is a slow kernel."""
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
         from triton.backends.nvidia import compiler  # noqa: F401
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"triton has no CUDA backend here: {e}")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("triton's bundled cuobjdump is missing: no register / spill report")
+    sys.path.insert(0, str(REPO / "tools" / "bench"))
+    import kernels as bench
+
     script = REPO / "tools" / "bench" / "kernels.py"
     out = subprocess.run([sys.executable, str(script), "--aot-check", "--aot-quick"], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "TRITON_INTERPRET": "0"})
-    print(out.stdout[-4000:])
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    assert "COMPILE ERROR" not in out.stdout and "FAIL" not in out.stdout
+                         timeout=1200, env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"})
+    print(out.stdout[-8000:])
+    assert "COMPILE ERROR" not in out.stdout, out.stdout[-4000:] + out.stderr[-4000:]
+    rows = {}
+    row_re = re.compile(r"^\s*((?:mLSTM|sLSTM) .+?)\s+(bf16|fp16|fp32)\s+w\d+\s+(\d+)\s+(\S+)\s+(\S+)\s+(.+)$")
+    for line in out.stdout.splitlines():
+        if m := row_re.match(line):
+            rows[m[1]] = dict(dtype=m[2], smem=int(m[3]), regs=m[4], stack=m[5], status=m[6])
+    names = [n for n, _ in bench._MLSTM_KERNELS]
+    for lbl, dk, dv in bench.SHIPPED_MLSTM:  # every kernel at every shipped mLSTM shape was compiled
+        for name in names:
+            assert any(k.startswith(f"mLSTM {name} {lbl} L{bench.SHIPPED_CHUNK} {dk}x{dv}") for k in rows), (name, lbl)
+    for dh in bench.SHIPPED_SLSTM_DH:
+        assert sum(f" DH{dh}" in k for k in rows) == 2, dh
+    for label, r in rows.items():
+        assert r["dtype"] == "bf16"
+        assert r["stack"] == "0", f"{label}: {r['stack']} B of register spills (regs {r['regs']})"
+        assert r["smem"] <= bench.SMEM_LIMIT, f"{label}: {r['smem']} B of shared memory"
+    assert out.returncode == 0 and "FAIL (" not in out.stdout, out.stdout[-4000:] + out.stderr[-4000:]
 
 
 def test_bench_script_cpu_smoke():

@@ -23,26 +23,31 @@ Notation per chunk c of L tokens (positions t, s inside the chunk), gates in fp3
 Kernels:
   forward  1. ``_fw_recurrent``: one program per (b*head, DHQK tile, DHV tile) loops over the chunks and
               stores the state before every chunk (and the final state).
-           2. ``_fw_output``: one program per (b*head, chunk, DHV tile): outputs, and m_row, den per token.
+           2. ``_fw_output``: one program per (b*head, chunk): P = D * Q K^T once, then the outputs DHV tile
+              by DHV tile; m_row and den per token.
   backward 0. ``_bw_prep``: per token 1/denom, d den, d m_row from <dh, h>.
            1. ``_bw_recurrent``: reverse loop over chunks for dC, dn before every chunk (dC_0 = dC0).
            2. ``_bw_dqk``: one program per (b*head, chunk): dq, dk, and the per-chunk gate gradients
               with m held fixed, plus the routing of the m path (which argmax each max picked).
-           3. ``_bw_dv``: one program per (b*head, chunk, DHV tile): dv.
+           3. ``_bw_dv``: one program per (b*head, chunk): P once, then dv DHV tile by DHV tile.
+Register budget (sm_90, 255 per thread): at the default tiles no kernel spills at the shipped shapes
+(``tools/bench/kernels.py --aot-check``, asserted by the tests). bf16 tiles go to tl.dot as loaded (per-row
+factors such as 1/denominator are applied to the products, not to the operands), and the L x L gate tiles
+are built after the matmul loops that do not need them, so few L x L tiles are live at once.
            4. ``_bw_mchain``: one program per b*head: the scalar reverse recurrence of dm over the chunks
               (gradient through the stabiliser chain), finishing di, d logsigmoid(f) and dm0.
 Ties in a max split the gradient like torch (maximum: halves, amax: evenly), which only matters on
 exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference;
 fp16 matmuls use tf32 products, fp16's precision with fp32's range: see ``triton_utils.mm``). The chunk
-is ``min(chunk_size, next_pow2(S))`` but at least 16 (tl.dot needs 16): the chunk length changes only
-rounding, never the function. Memory: the forward materialises the states before every chunk in fp32
+length is the package's rule (``kernels/chunking.py``: ``min(chunk_size, next_pow2(S))``) with tl.dot's
+minimum of 16: the chunk length changes only rounding, never the function. Memory: the forward materialises the states before every chunk in fp32
 (B*NH*(S/L+1)*DHQK*DHV*4 bytes) but does not keep them for the backward: with
 ``RECOMPUTE_STATES_IN_BACKWARD`` (default) the backward re-runs ``_fw_recurrent`` from the saved initial
 state (bit-identical states; the cost is the state-update matmuls, ~1/3 of the forward's), so the
 states are only a transient buffer of the layer being differentiated (with their gradients, the same
 size again) instead of being held for every layer of the model until its backward (e.g. ~2 GiB per
-layer, ~99 GiB in all, for the 1.3B paper model at micro-batch 4). TFLA and FLA make the same trade. With user inputs i = -inf everywhere in a chunk's last
-segment, the reference floors m at 0 (its ``log_a_max`` guard) and these kernels do not (eps-level).
+layer, ~99 GiB in all, for the 1.3B paper model at micro-batch 4). TFLA and FLA make the same trade.
+With user inputs i = -inf everywhere in a chunk's last segment, the reference floors m at 0 (its ``log_a_max`` guard) and these kernels do not (eps-level).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..chunking import TL_DOT_MIN_CHUNK, chunk_plan
 from ..triton_utils import INTERPRET, maybe_autotune, mm, pow2_block, prune_head_blocks
 from .naive import check_inputs
 
@@ -71,10 +77,13 @@ _REC_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s) f
                 for s in (2, 1)]
 _PAR_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=1)
                 for bk, bv, w in _TILES + [(32, 64, 16)]]
+# _bw_dqk keeps dS, the X / Y accumulators and the dq / dk tiles live at once: at L = 64 only BK 16 x BV 32
+# (8 warps) compiles without spills on sm_90, so that is its default; the larger tiles stay in the search.
+_DQK_CONFIGS = [triton.Config({"BK": 16, "BV": 32}, num_warps=8, num_stages=1)] + _PAR_CONFIGS
 
 
 # ---------------------------------------------------------------------------------------------------
-# per-chunk gate quantities (shared by every kernel)
+# tile loads and per-chunk gate quantities (shared by every kernel)
 # ---------------------------------------------------------------------------------------------------
 @triton.jit
 def _min_combine(a, b):
@@ -82,7 +91,29 @@ def _min_combine(a, b):
 
 
 @triton.jit
-def _chunk_gates(lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L: tl.constexpr, HAS_RESET: tl.constexpr):
+def _rows(ptr, bh, S, pos, real, o, D: tl.constexpr):
+    """The [L, len(o)] tile of token rows ``pos`` and columns ``o`` of a (BH, S, D) tensor, zero outside,
+    in the tensor's own dtype (bf16 tiles go to tl.dot as they are)."""
+    return tl.load(ptr + (bh * S + pos[:, None]) * D + o[None, :], mask=real[:, None] & (o < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, x, bh, S, pos, real, o, D: tl.constexpr):
+    tl.store(ptr + (bh * S + pos[:, None]) * D + o[None, :], x.to(ptr.dtype.element_ty),
+             mask=real[:, None] & (o < D)[None, :])
+
+
+@triton.jit
+def _state(ptr, sidx, ok, ov, DHQK: tl.constexpr, DHV: tl.constexpr):
+    """The [len(ok), len(ov)] tile of state ``sidx`` of a (BH*(NC+1), DHQK, DHV) fp32 tensor."""
+    return tl.load(ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
+                   mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :], other=0.0)
+
+
+@triton.jit
+def _chunk_vec(lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L: tl.constexpr, HAS_RESET: tl.constexpr):
+    """The per-token gate vectors of chunk c (no L x L tile: those come from ``_chunk_tiles`` where needed,
+    so that they are not live across the matmul loops)."""
     t = tl.arange(0, L)
     pos = c * L + t
     real = pos < S
@@ -92,15 +123,11 @@ def _chunk_gates(lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L: tl.constexpr, HAS_RE
     if HAS_RESET:
         rs = tl.load(rs_ptr + bidx * S + pos, mask=real, other=0).to(tl.int32)
         seg = tl.cumsum(rs, 0)
-        same = (t[:, None] >= t[None, :]) & (seg[:, None] == seg[None, :])
         # lb_t = b_t - b_{r-1} with r the last reset <= t (b_{r-1} is non-increasing in r: a running min)
         lb = b - tl.minimum(tl.associative_scan(tl.where(rs != 0, b - lf, 0.0), 0, _min_combine), 0.0)
     else:
         seg = tl.zeros([L], dtype=tl.int32)
-        same = t[:, None] >= t[None, :]
         lb = b
-    valid = same & real[None, :]
-    logD = tl.where(valid, b[:, None] - b[None, :] + ig[None, :], NEG_INF)
     seg_last = tl.max(seg, 0)
     in_last = seg == seg_last
     b_last = tl.sum(tl.where(t == L - 1, b, 0.0), 0)
@@ -108,7 +135,19 @@ def _chunk_gates(lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L: tl.constexpr, HAS_RE
     log_a = tl.where(in_last & real, b_last - b + ig, NEG_INF)
     cont = seg == 0
     has_reset = seg_last > 0
-    return t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset
+    return t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset
+
+
+@triton.jit
+def _chunk_tiles(t, real, b, ig, seg, HAS_RESET: tl.constexpr):
+    """same_ts: s <= t in t's segment; valid: same and s a real token; logD_ts = b_t - b_s + i_s or -inf."""
+    if HAS_RESET:
+        same = (t[:, None] >= t[None, :]) & (seg[:, None] == seg[None, :])
+    else:
+        same = t[:, None] >= t[None, :]
+    valid = same & real[None, :]
+    logD = tl.where(valid, b[:, None] - b[None, :] + ig[None, :], NEG_INF)
+    return same, valid, logD
 
 
 @triton.jit
@@ -119,13 +158,41 @@ def _row_max(logD, lb, cont, m_c):
     return log_init, amax_d, m_row
 
 
+@triton.jit
+def _qk(q_ptr, k_ptr, bh, S, pos, real, L: tl.constexpr, DHQK: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr,
+        EMU: tl.constexpr):
+    """Q K^T of the chunk (unscaled), [L, L] fp32."""
+    s_qk = tl.zeros([L, L], dtype=tl.float32)
+    for kk in range(0, tl.cdiv(DHQK, BK)):
+        ok = kk * BK + tl.arange(0, BK)
+        s_qk += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), tl.trans(_rows(k_ptr, bh, S, pos, real, ok, DHQK)),
+                   DT, EMU)
+    return s_qk
+
+
+@triton.jit
+def _intra_weights(q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L: tl.constexpr,
+                   DHQK: tl.constexpr, BK: tl.constexpr, HAS_RESET: tl.constexpr, DT: tl.constexpr,
+                   EMU: tl.constexpr):
+    """P_ts = D_ts q̂_t.k_s (the intra-chunk weights, computed once per chunk) and the vectors around it."""
+    t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
+        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
+    s_qk = _qk(q_ptr, k_ptr, bh, S, pos, real, L, DHQK, BK, DT, EMU)
+    same, valid, logD = _chunk_tiles(t, real, b, ig, seg, HAS_RESET)
+    sidx = bh * (NC + 1) + c
+    m_c = tl.load(mall_ptr + sidx)
+    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
+    P = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0) * s_qk * scale
+    return P, pos, real, log_a, log_init, cont, m_row, sidx
+
+
 # ---------------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------------
-@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, nall_ptr, mall_ptr,
-                  S, NC, NH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+                  S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
@@ -135,10 +202,9 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
     ok = pk * BK + tl.arange(0, BK)
     ov = pv * BV + tl.arange(0, BV)
     mk = ok < DHQK
-    mv = ov < DHV
-    mkv = mk[:, None] & mv[None, :]
+    mkv = mk[:, None] & (ov < DHV)[None, :]
     st_off = ok[:, None] * DHV + ov[None, :]
-    C = tl.load(C0_ptr + bh * DHQK * DHV + st_off, mask=mkv, other=0.0)
+    C = _state(C0_ptr, bh, ok, ov, DHQK, DHV)
     n = tl.load(n0_ptr + bh * DHQK + ok, mask=mk, other=0.0)
     m = tl.load(m0_ptr + bh)
     for c in range(NC):
@@ -148,18 +214,13 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
             tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
             if pk == 0:
                 tl.store(mall_ptr + sidx, m)
-        t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+        t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
             lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
         u = tl.where(has_reset, g, g + m)
         m_new = tl.maximum(u, tl.max(log_a, 0))
         w_dec = tl.where(has_reset, 0.0, tl.exp(g + m - m_new))
-        w = tl.exp(log_a - m_new)
-        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                     other=0.0).to(tl.float32)
-        kw = kt * w[:, None]
-        C = C * w_dec + mm(tl.trans(kw), vt, DT, EMU)
+        kw = _rows(k_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32) * tl.exp(log_a - m_new)[:, None]
+        C = C * w_dec + mm(tl.trans(kw), _rows(v_ptr, bh, S, pos, real, ov, DHV), DT, EMU)
         n = n * w_dec + tl.sum(kw, 0)
         m = m_new
     sidx = bh * (NC + 1) + NC
@@ -170,53 +231,36 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
             tl.store(mall_ptr + sidx, m)
 
 
-@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _fw_output(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr, den_ptr,
-               S, NC, NH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+               S, NC, NH, BH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """One program per (b*head, chunk): P = D * Q K^T once, then h tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
-    pv = tl.program_id(2)
     bidx = bh // NH
     DT = q_ptr.dtype.element_ty
-    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
-        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
-    sidx = bh * (NC + 1) + c
-    m_c = tl.load(mall_ptr + sidx)
-    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
-    ov = pv * BV + tl.arange(0, BV)
-    mv = ov < DHV
-    s_qk = tl.zeros([L, L], dtype=tl.float32)
-    q_c = tl.zeros([L, BV], dtype=tl.float32)
+    P, pos, real, log_a, log_init, cont, m_row, sidx = _intra_weights(
+        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU)
+    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0) * scale
     q_n = tl.zeros([L], dtype=tl.float32)
     for kk in range(0, tl.cdiv(DHQK, BK)):
         ok = kk * BK + tl.arange(0, BK)
-        mk = ok < DHQK
-        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        s_qk += mm(qt, tl.trans(kt), DT, EMU)
-        Ct = tl.load(Call_ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :], mask=mk[:, None] & mv[None, :],
-                     other=0.0)
-        q_c += mm(qt, Ct, DT, EMU)
-        nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
-        q_n += tl.sum(qt * nt[None, :], 1)
-    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
-    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0)
-    P = s_qk * scale * D
-    vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                 other=0.0).to(tl.float32)
-    num = mm(P, vt, DT, EMU) + (w_init * scale)[:, None] * q_c
-    den = tl.sum(P, 1) + w_init * scale * q_n
-    denom = tl.maximum(tl.abs(den), tl.exp(-m_row)) + eps
-    h = num / denom[:, None]
-    tl.store(h_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], h.to(h_ptr.dtype.element_ty),
-             mask=real[:, None] & mv[None, :])
-    if pv == 0:
-        tl.store(mrow_ptr + bh * S + pos, m_row, mask=real)
-        tl.store(den_ptr + bh * S + pos, den, mask=real)
+        nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=ok < DHQK, other=0.0)
+        q_n += tl.sum(_rows(q_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32) * nt[None, :], 1)
+    den = tl.sum(P, 1) + w_init * q_n
+    rdenom = 1.0 / (tl.maximum(tl.abs(den), tl.exp(-m_row)) + eps)
+    for vv in range(0, tl.cdiv(DHV, BV)):
+        ov = vv * BV + tl.arange(0, BV)
+        q_c = tl.zeros([L, BV], dtype=tl.float32)
+        for kk in range(0, tl.cdiv(DHQK, BK)):
+            ok = kk * BK + tl.arange(0, BK)
+            q_c += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), _state(Call_ptr, sidx, ok, ov, DHQK, DHV), DT, EMU)
+        num = mm(P, _rows(v_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_init[:, None] * q_c
+        _store_rows(h_ptr, num * rdenom[:, None], bh, S, pos, real, ov, DHV)
+    tl.store(mrow_ptr + bh * S + pos, m_row, mask=real)
+    tl.store(den_ptr + bh * S + pos, den, mask=real)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,10 +276,8 @@ def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S,
     dhh = tl.zeros([BT], dtype=tl.float32)
     for vv in range(0, tl.cdiv(DHV, BV)):
         ov = vv * BV + tl.arange(0, BV)
-        msk = real[:, None] & (ov < DHV)[None, :]
-        off = (bh * S + pos[:, None]) * DHV + ov[None, :]
-        dhh += tl.sum(tl.load(dh_ptr + off, mask=msk, other=0.0).to(tl.float32)
-                      * tl.load(h_ptr + off, mask=msk, other=0.0).to(tl.float32), 1)
+        dhh += tl.sum(_rows(dh_ptr, bh, S, pos, real, ov, DHV).to(tl.float32)
+                      * _rows(h_ptr, bh, S, pos, real, ov, DHV).to(tl.float32), 1)
     den = tl.load(den_ptr + bh * S + pos, mask=real, other=1.0)
     m_row = tl.load(mrow_ptr + bh * S + pos, mask=real, other=0.0)
     floor = tl.exp(-m_row)
@@ -250,11 +292,11 @@ def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S,
     tl.store(dmrow_ptr + bh * S + pos, -eps * dhh * rden, mask=real)
 
 
-@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr, dnN_ptr,
-                  dCall_ptr, dnall_ptr, S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr,
-                  BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+                  dCall_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
+                  L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
     pv = tl.program_id(2)
@@ -263,10 +305,9 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
     ok = pk * BK + tl.arange(0, BK)
     ov = pv * BV + tl.arange(0, BV)
     mk = ok < DHQK
-    mv = ov < DHV
-    mkv = mk[:, None] & mv[None, :]
+    mkv = mk[:, None] & (ov < DHV)[None, :]
     st_off = ok[:, None] * DHV + ov[None, :]
-    dC = tl.load(dCN_ptr + bh * DHQK * DHV + st_off, mask=mkv, other=0.0)
+    dC = _state(dCN_ptr, bh, ok, ov, DHQK, DHV)
     dn = tl.load(dnN_ptr + bh * DHQK + ok, mask=mk, other=0.0)
     for cc in range(NC):
         c = NC - 1 - cc
@@ -274,87 +315,85 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
         tl.store(dCall_ptr + (sidx + 1) * DHQK * DHV + st_off, dC, mask=mkv)
         if pv == 0:
             tl.store(dnall_ptr + (sidx + 1) * DHQK + ok, dn, mask=mk)
-        t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+        t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
             lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
         m_c = tl.load(mall_ptr + sidx)
         m_n = tl.load(mall_ptr + sidx + 1)
         m_row = tl.load(mrow_ptr + bh * S + pos, mask=real, other=0.0)
         rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
         dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
-        w_init = tl.where(cont & real, tl.exp(lb + m_c - m_row), 0.0)
+        w_q = tl.where(cont & real, tl.exp(lb + m_c - m_row), 0.0) * scale  # weight of q_t on C_c
         w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
-        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                      other=0.0).to(tl.float32)
-        qw = qt * (w_init * scale)[:, None]
-        dC = dC * w_dec + mm(tl.trans(qw), dht * rden[:, None], DT, EMU)
-        dn = dn * w_dec + tl.sum(qw * dden[:, None], 0)
+        qt = _rows(q_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32)
+        # dC_c = w_dec dC_{c+1} + sum_t w_q,t q_t (dh_t / denom_t)^T: 1/denom folded into the q side so that
+        # the dh tile goes to the tensor cores as loaded
+        dC = dC * w_dec + mm(tl.trans(qt * (w_q * rden)[:, None]), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU)
+        dn = dn * w_dec + tl.sum(qt * (w_q * dden)[:, None], 0)
     sidx = bh * (NC + 1)
     tl.store(dCall_ptr + sidx * DHQK * DHV + st_off, dC, mask=mkv)
     if pv == 0:
         tl.store(dnall_ptr + sidx * DHQK + ok, dn, mask=mk)
 
 
-@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@maybe_autotune(_DQK_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, dCall_ptr, dnall_ptr,
             rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr,
             di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr,
-            S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+            S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
             BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """One program per (b*head, chunk). The two L x L matmuls (Q K^T, dh V^T) run first with only per-token
+    vectors live; the L x L gate tiles are built after them and reduced to dS (the one L x L tile live in
+    the dq / dk loop) and row / column sums."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     bidx = bh // NH
     DT = q_ptr.dtype.element_ty
-    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
+    t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
         lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
     sidx = bh * (NC + 1) + c
     m_c = tl.load(mall_ptr + sidx)
     m_n = tl.load(mall_ptr + sidx + 1)
+    rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
+    dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
+    dmrow = tl.load(dmrow_ptr + bh * S + pos, mask=real, other=0.0)
+
+    s_qk = _qk(q_ptr, k_ptr, bh, S, pos, real, L, DHQK, BK, DT, EMU)
+    dP = tl.zeros([L, L], dtype=tl.float32)  # d (sum_s P_ts v_s) / d P: dh_t . v_s / denom_t (+ the den path)
+    for vv in range(0, tl.cdiv(DHV, BV)):
+        ov = vv * BV + tl.arange(0, BV)
+        dP += mm(_rows(dh_ptr, bh, S, pos, real, ov, DHV), tl.trans(_rows(v_ptr, bh, S, pos, real, ov, DHV)), DT, EMU)
+    dP = dP * rden[:, None] + dden[:, None]
+
+    same, valid, logD = _chunk_tiles(t, real, b, ig, seg, HAS_RESET)
     log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
     # routing of d m_row (torch semantics: maximum(log_init, amax(logD)))
     r_init = tl.where(log_init > amax_d, 1.0, tl.where(log_init == amax_d, 0.5, 0.0))
     is_max = valid & (logD == amax_d[:, None])
     cnt = tl.maximum(tl.sum(is_max.to(tl.float32), 1), 1.0)
-    route_d = tl.where(is_max, ((1.0 - r_init) / cnt)[:, None], 0.0)
-    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
-    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0)
-    rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
-    dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
-    dmrow = tl.load(dmrow_ptr + bh * S + pos, mask=real, other=0.0)
-    # routing of d m_{c+1} (torch semantics: maximum(u, amax(log_a)), u = carried decay or reset floor)
+    dS = dP * tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
+    dlogD = dS * s_qk * scale + tl.where(is_max, ((1.0 - r_init) / cnt * dmrow)[:, None], 0.0)
+    # Everything that does not need the dq / dk loop is finished and stored now, so that only dS and a few
+    # vectors stay live through it: the column / row sums of dlogD go to the di / dlf buffers (read back
+    # below), the m_{c+1} routing (torch semantics: maximum(u, amax(log_a)), u = carried decay or reset
+    # floor) is stored as it is.
+    tok = bh * NC * L + c * L + t
+    col = tl.sum(dlogD, 0)
+    tl.store(di_ptr + tok, col)
+    tl.store(dlf_ptr + tok, tl.sum(dlogD, 1) - col)
     amax_a = tl.max(log_a, 0)
     u = tl.where(has_reset, g, g + m_c)
     r_u = tl.where(u > amax_a, 1.0, tl.where(u == amax_a, 0.5, 0.0))
     is_max_a = in_last & real & (log_a == amax_a)
     cnt_a = tl.maximum(tl.sum(is_max_a.to(tl.float32), 0), 1.0)
     ra = tl.where(is_max_a, (1.0 - r_u) / cnt_a, 0.0)
-    w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
+    tl.store(ra_ptr + tok, ra)
+    tl.store(rl_ptr + tok, tl.cumsum(ra, 0) - ra + tl.where(in_last, r_u, 0.0))
+    cidx = (bh * NC + c) * 4
+    tl.store(chunk_ptr + cidx + 3, tl.where(has_reset, 0.0, r_u))
+    w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0)
+    dmrow_init = r_init * dmrow
     w_s = tl.exp(log_a - m_n)
-
-    s_qk = tl.zeros([L, L], dtype=tl.float32)
-    for kk in range(0, tl.cdiv(DHQK, BK)):
-        ok = kk * BK + tl.arange(0, BK)
-        mk = ok < DHQK
-        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        s_qk += mm(qt, tl.trans(kt), DT, EMU)
-    s_qk = s_qk * scale
-    dP = tl.zeros([L, L], dtype=tl.float32)
-    for vv in range(0, tl.cdiv(DHV, BV)):
-        ov = vv * BV + tl.arange(0, BV)
-        mv = ov < DHV
-        dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                      other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                     other=0.0).to(tl.float32)
-        dP += mm(dht * rden[:, None], tl.trans(vt), DT, EMU)
-    dP = dP + dden[:, None]
-    dS = dP * D
-    dlogD = D * dP * s_qk + route_d * dmrow[:, None]
 
     dwi = tl.zeros([L], dtype=tl.float32)
     A = tl.zeros([L], dtype=tl.float32)
@@ -362,107 +401,75 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
     for kk in range(0, tl.cdiv(DHQK, BK)):
         ok = kk * BK + tl.arange(0, BK)
         mk = ok < DHQK
-        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32) * scale
-        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        X = tl.zeros([L, BK], dtype=tl.float32)  # X_t = C_c dnum_t
+        X = tl.zeros([L, BK], dtype=tl.float32)  # X_t = C_c dh_t (times 1/denom_t below)
         Y = tl.zeros([L, BK], dtype=tl.float32)  # Y_s = dC_{c+1} v_s
         for vv in range(0, tl.cdiv(DHV, BV)):
             ov = vv * BV + tl.arange(0, BV)
-            mv = ov < DHV
-            mkv = mk[:, None] & mv[None, :]
-            st_off = ok[:, None] * DHV + ov[None, :]
-            dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                          other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                         other=0.0).to(tl.float32)
-            Ct = tl.load(Call_ptr + sidx * DHQK * DHV + st_off, mask=mkv, other=0.0)
-            dCt = tl.load(dCall_ptr + (sidx + 1) * DHQK * DHV + st_off, mask=mkv, other=0.0)
-            X += mm(dht * rden[:, None], tl.trans(Ct), DT, EMU)
-            Y += mm(vt, tl.trans(dCt), DT, EMU)
+            Ct = _state(Call_ptr, sidx, ok, ov, DHQK, DHV)
+            dCt = _state(dCall_ptr, sidx + 1, ok, ov, DHQK, DHV)
+            X += mm(_rows(dh_ptr, bh, S, pos, real, ov, DHV), tl.trans(Ct), DT, EMU)
+            Y += mm(_rows(v_ptr, bh, S, pos, real, ov, DHV), tl.trans(dCt), DT, EMU)
             gsum += tl.sum(Ct * dCt, 1)
         nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
         dnt = tl.load(dnall_ptr + (sidx + 1) * DHQK + ok, mask=mk, other=0.0)
         gsum += nt * dnt
-        Xn = X + dden[:, None] * nt[None, :]
+        Xn = X * rden[:, None] + dden[:, None] * nt[None, :]
         Yn = Y + dnt[None, :]
+        qt = _rows(q_ptr, bh, S, pos, real, ok, DHQK)
+        kt = _rows(k_ptr, bh, S, pos, real, ok, DHQK)
         dq = mm(dS, kt, DT, EMU) + w_init[:, None] * Xn
-        dk = mm(tl.trans(dS), qt, DT, EMU) + w_s[:, None] * Yn
-        dwi += tl.sum(qt * Xn, 1)
-        A += w_s * tl.sum(kt * Yn, 1)
-        tl.store(dq_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
-                 mask=real[:, None] & mk[None, :])
-        tl.store(dk_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], dk.to(dk_ptr.dtype.element_ty),
-                 mask=real[:, None] & mk[None, :])
+        dk = mm(tl.trans(dS), qt, DT, EMU) * scale + w_s[:, None] * Yn
+        dwi += tl.sum(qt.to(tl.float32) * Xn, 1) * scale
+        A += w_s * tl.sum(kt.to(tl.float32) * Yn, 1)
+        _store_rows(dq_ptr, dq * scale, bh, S, pos, real, ok, DHQK)
+        _store_rows(dk_ptr, dk, bh, S, pos, real, ok, DHQK)
 
     # gate gradients with m held fixed, plus the m_row routing (all local to the chunk)
+    w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
     gw = tl.where(has_reset, 0.0, w_dec * tl.sum(gsum, 0))  # d/d(g + m_c) through the carried state
-    dlog_init = w_init * dwi + r_init * dmrow
+    dlog_init = w_init * dwi + dmrow_init
     r_sum = tl.sum(tl.where(cont, dlog_init, 0.0), 0)  # goes to m_c
     dlb = dlog_init + tl.where(t == L - 1, gw, 0.0)
     sum_a = tl.sum(A, 0)
-    col = tl.sum(dlogD, 0)
-    di = col + A
-    db = tl.sum(dlogD, 1) - col - A + tl.where(t == L - 1, sum_a, 0.0)
+    tl.debug_barrier()  # the stores of col / rows - col above came from other threads' layout
+    di = tl.load(di_ptr + tok) + A
+    db = tl.load(dlf_ptr + tok) - A + tl.where(t == L - 1, sum_a, 0.0)
     if HAS_RESET:  # lb_t sums lf over t's segment: dlf_s += sum of dlb_t over t >= s in s's segment
-        dlf = tl.cumsum(db, 0, reverse=True) + tl.sum(tl.where(same, dlb[:, None], 0.0), 0)
+        in_seg = (t[None, :] <= t[:, None]) & (seg[None, :] == seg[:, None])  # same_ts, rebuilt here
+        dlf = tl.cumsum(db, 0, reverse=True) + tl.sum(tl.where(in_seg, dlb[:, None], 0.0), 0)
     else:
         dlf = tl.cumsum(db + dlb, 0, reverse=True)
-    rl = tl.cumsum(ra, 0) - ra + tl.where(in_last, r_u, 0.0)
-    r_dec = tl.where(has_reset, 0.0, r_u)
-    tok = bh * NC * L + c * L + t
+    tl.debug_barrier()  # every thread has read di / dlf before they are overwritten
     tl.store(di_ptr + tok, di)
     tl.store(dlf_ptr + tok, dlf)
-    tl.store(ra_ptr + tok, ra)
-    tl.store(rl_ptr + tok, rl)
-    cidx = (bh * NC + c) * 4
     tl.store(chunk_ptr + cidx, gw)
     tl.store(chunk_ptr + cidx + 1, sum_a)
     tl.store(chunk_ptr + cidx + 2, r_sum)
-    tl.store(chunk_ptr + cidx + 3, r_dec)
 
 
-@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L"], prune=prune_head_blocks)
+@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _bw_dv(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
-           S, NC, NH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+           S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """One program per (b*head, chunk): P once, then dv_s = sum_t P_ts dh_t / denom_t + w_s dC_{c+1}^T k_s
+    tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
-    pv = tl.program_id(2)
     bidx = bh // NH
     DT = q_ptr.dtype.element_ty
-    t, pos, real, lf, same, valid, lb, logD, in_last, log_a, g, cont, has_reset = _chunk_gates(
-        lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
-    sidx = bh * (NC + 1) + c
-    m_c = tl.load(mall_ptr + sidx)
-    m_n = tl.load(mall_ptr + sidx + 1)
-    log_init, amax_d, m_row = _row_max(logD, lb, cont, m_c)
-    D = tl.where(valid, tl.exp(logD - m_row[:, None]), 0.0)
-    w_s = tl.exp(log_a - m_n)
-    ov = pv * BV + tl.arange(0, BV)
-    mv = ov < DHV
-    s_qk = tl.zeros([L, L], dtype=tl.float32)
-    Z = tl.zeros([L, BV], dtype=tl.float32)  # Z_s = dC_{c+1}^T k_s
-    for kk in range(0, tl.cdiv(DHQK, BK)):
-        ok = kk * BK + tl.arange(0, BK)
-        mk = ok < DHQK
-        qt = tl.load(q_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + (bh * S + pos[:, None]) * DHQK + ok[None, :], mask=real[:, None] & mk[None, :],
-                     other=0.0).to(tl.float32)
-        s_qk += mm(qt, tl.trans(kt), DT, EMU)
-        dCt = tl.load(dCall_ptr + (sidx + 1) * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
-                      mask=mk[:, None] & mv[None, :], other=0.0)
-        Z += mm(kt, dCt, DT, EMU)
-    rden = tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)
-    dht = tl.load(dh_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], mask=real[:, None] & mv[None, :],
-                  other=0.0).to(tl.float32)
-    P = s_qk * scale * D
-    dv = mm(tl.trans(P), dht * rden[:, None], DT, EMU) + w_s[:, None] * Z
-    tl.store(dv_ptr + (bh * S + pos[:, None]) * DHV + ov[None, :], dv.to(dv_ptr.dtype.element_ty),
-             mask=real[:, None] & mv[None, :])
+    P, pos, real, log_a, log_init, cont, m_row, sidx = _intra_weights(
+        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU)
+    w_s = tl.exp(log_a - tl.load(mall_ptr + sidx + 1))
+    Pr = P * tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)[:, None]  # 1/denom_t on P's rows
+    for vv in range(0, tl.cdiv(DHV, BV)):
+        ov = vv * BV + tl.arange(0, BV)
+        Z = tl.zeros([L, BV], dtype=tl.float32)  # Z_s = dC_{c+1}^T k_s
+        for kk in range(0, tl.cdiv(DHQK, BK)):
+            ok = kk * BK + tl.arange(0, BK)
+            Z += mm(_rows(k_ptr, bh, S, pos, real, ok, DHQK), _state(dCall_ptr, sidx + 1, ok, ov, DHQK, DHV), DT, EMU)
+        dv = mm(tl.trans(Pr), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_s[:, None] * Z
+        _store_rows(dv_ptr, dv, bh, S, pos, real, ov, DHV)
 
 
 @triton.jit
@@ -496,12 +503,6 @@ def _meta(DHQK: int, DHV: int) -> dict:
     return {"BK": pow2_block(DHQK), "BV": pow2_block(DHV)}
 
 
-def chunk_len(S: int, chunk_size: int) -> int:
-    if chunk_size <= 0 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"mLSTM chunkwise: chunk_size must be a power of two, got {chunk_size}")
-    return max(16, min(chunk_size, triton.next_power_of_2(max(1, S))))
-
-
 def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     """The state (C, n, m) before every chunk and the final one: (BH, NC+1, ...) fp32."""
     B, NH, S, DHQK = k.shape
@@ -515,7 +516,7 @@ def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
     has_reset = rs is not None
     _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, DHQK=DHQK, DHV=DHV,
+        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, BH, DHQK=DHQK, DHV=DHV,
         L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
     return C_all, n_all, m_all
 
@@ -535,8 +536,8 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     rs_arg = rs if has_reset else lf
     emu = INTERPRET
     meta = _meta(DHQK, DHV)
-    _fw_output[lambda M: (BH, NC, triton.cdiv(DHV, M["BV"]))](
-        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, DHQK**-0.5, eps,
+    _fw_output[(BH, NC)](
+        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, BH, DHQK**-0.5, eps,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     return h, C_all, n_all, m_all, m_row, den
 
@@ -562,7 +563,7 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     dC_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
     dn_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
     _bw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, scale,
+        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, BH, scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -572,12 +573,12 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     ra = torch.empty_like(di_loc)
     rl = torch.empty_like(di_loc)
     chunk = torch.empty(BH, NC, 4, dtype=f32, device=dev)
-    _bw_dqk[lambda M: (BH, NC)](
+    _bw_dqk[(BH, NC)](
         q, k, v, dh, lf, ig, rs_arg, C_all, n_all, m_all, dC_all, dn_all, rden, dden, dmrow, dq, dk,
-        di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, scale,
+        di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, BH, scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
-    _bw_dv[lambda M: (BH, NC, triton.cdiv(DHV, M["BV"]))](
-        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, scale,
+    _bw_dv[(BH, NC)](
+        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, BH, scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     di = torch.empty_like(di_loc)
     dlf = torch.empty_like(di_loc)
@@ -642,7 +643,7 @@ def mlstm_chunkwise_triton(
     check_inputs(q, k, v, i, f, initial_state, reset)
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
-    L = chunk_len(S, chunk_size)
+    L = chunk_plan(S, chunk_size, TL_DOT_MIN_CHUNK).length  # the package's one rule; tl.dot needs >= 16
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"mLSTM triton: q/k/v must be fp32, bf16 or fp16, got {q.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:

@@ -47,6 +47,51 @@ def _load_r(R_ptr, h, NH, od, md, DH: tl.constexpr):
 
 
 @triton.jit
+def _cell_fw(ri, rf, rz, ro, cp, np_, mp):
+    """One step of the sLSTM cell from the gate pre-activations and the previous (c, n, m): (y, c, n, m)."""
+    lf = logsigmoid(rf)
+    m_new = tl.where(np_ == 0.0, ri, tl.maximum(ri, lf + mp))
+    ia = tl.minimum(tl.exp(ri - m_new), 1.0)
+    fa = tl.minimum(tl.exp(lf + mp - m_new), 1.0)
+    c = fa * cp + ia * tanh(rz)
+    n = fa * np_ + ia
+    return tl.sigmoid(ro) * c / n, c, n, m_new
+
+
+@triton.jit
+def _store4(ptr, off, stride, a, b, c, d, mask):
+    tl.store(ptr + off, a, mask=mask)
+    tl.store(ptr + off + stride, b, mask=mask)
+    tl.store(ptr + off + 2 * stride, c, mask=mask)
+    tl.store(ptr + off + 3 * stride, d, mask=mask)
+
+
+@triton.jit
+def _cell_bw(dy, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp, m2):
+    """Reverse of ``_cell_fw`` given dy (total), the carried dc, dn and the step's gates / states: the gate
+    gradients (d_i, d_f, d_z, d_o), d log f (the previous m's gradient) and dc, dn for the previous step
+    (before the reset mask)."""
+    lf = logsigmoid(rf)
+    ia_raw = tl.exp(ri - mt)
+    fa_raw = tl.exp(lf + mp - mt)
+    ia = tl.minimum(ia_raw, 1.0)
+    fa = tl.minimum(fa_raw, 1.0)
+    tz = tanh(rz)
+    so = tl.sigmoid(ro)
+    r_n = 1.0 / nt
+    dc = dc + dy * so * r_n
+    dn = dn - dy * so * ct * r_n * r_n
+    d_o = tl.where(m2, dy * ct * r_n * so * (1.0 - so), 0.0)
+    dfa = dc * cp + dn * np_
+    dia = dc * tz + dn
+    d_z = tl.where(m2, dc * ia * (1.0 - tz * tz), 0.0)
+    d_i = tl.where(m2 & (ia_raw <= 1.0), dia * ia_raw, 0.0)
+    dlf = tl.where(m2 & (fa_raw <= 1.0), dfa * fa_raw, 0.0)
+    d_f = dlf * tl.sigmoid(-rf)
+    return d_i, d_f, d_z, d_o, dlf, dc * fa, dn * fa
+
+
+@triton.jit
 def _fw_step(t, y, c, n, m, Ri, Rf, Rz, Ro, bi, bf, bz, bo, wx_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, ob, od, mb, m2,
              h, S, NH, DH: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
     DT = wx_ptr.dtype.element_ty
@@ -64,22 +109,11 @@ def _fw_step(t, y, c, n, m, Ri, Rf, Rz, Ro, bi, bf, bz, bo, wx_ptr, rs_ptr, y_pt
     rf = tl.load(wx_ptr + gate + gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Rf, DT, EMU) + bf[None, :]
     rz = tl.load(wx_ptr + gate + 2 * gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Rz, DT, EMU) + bz[None, :]
     ro = tl.load(wx_ptr + gate + 3 * gstride, mask=m2, other=0.0).to(tl.float32) + mm(y, Ro, DT, EMU) + bo[None, :]
-    lf = logsigmoid(rf)
-    m_new = tl.where(n == 0.0, ri, tl.maximum(ri, lf + m))
-    ia = tl.minimum(tl.exp(ri - m_new), 1.0)
-    fa = tl.minimum(tl.exp(lf + m - m_new), 1.0)
-    c = fa * c + ia * tanh(rz)
-    n = fa * n + ia
-    y = tl.where(m2, tl.sigmoid(ro) * c / n, 0.0)
+    y, c, n, m_new = _cell_fw(ri, rf, rz, ro, c, n, m)
+    y = tl.where(m2, y, 0.0)
     tl.store(y_ptr + (row[:, None] * NH + h) * DH + od[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
-    tl.store(hs_ptr + gate, y, mask=m2)
-    tl.store(hs_ptr + gate + gstride, c, mask=m2)
-    tl.store(hs_ptr + gate + 2 * gstride, n, mask=m2)
-    tl.store(hs_ptr + gate + 3 * gstride, m_new, mask=m2)
-    tl.store(gs_ptr + gate, ri, mask=m2)
-    tl.store(gs_ptr + gate + gstride, rf, mask=m2)
-    tl.store(gs_ptr + gate + 2 * gstride, rz, mask=m2)
-    tl.store(gs_ptr + gate + 3 * gstride, ro, mask=m2)
+    _store4(hs_ptr, gate, gstride, y, c, n, m_new, m2)
+    _store4(gs_ptr, gate, gstride, ri, rf, rz, ro, m2)
     return y, c, n, m_new
 
 
@@ -146,33 +180,14 @@ def _bw_step(t, dy_rec, dc, dn, dm_p, Ri, Rf, Rz, Ro, dy_ptr, rs_ptr, hs_ptr, gs
     ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
     nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
     mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
-    lf = logsigmoid(rf)
-    ia_raw = tl.exp(ri - mt)
-    fa_raw = tl.exp(lf + mp - mt)
-    ia = tl.minimum(ia_raw, 1.0)
-    fa = tl.minimum(fa_raw, 1.0)
-    tz = tanh(rz)
-    so = tl.sigmoid(ro)
     dy = tl.load(dy_ptr + (row[:, None] * NH + h) * DH + od[None, :], mask=m2, other=0.0).to(tl.float32) + dy_rec
-    r_n = 1.0 / nt
-    dc = dc + dy * so * r_n
-    dn = dn - dy * so * ct * r_n * r_n
-    d_o = tl.where(m2, dy * ct * r_n * so * (1.0 - so), 0.0)
-    dfa = dc * cp + dn * np_
-    dia = dc * tz + dn
-    d_z = tl.where(m2, dc * ia * (1.0 - tz * tz), 0.0)
-    d_i = tl.where(m2 & (ia_raw <= 1.0), dia * ia_raw, 0.0)
-    dlf = tl.where(m2 & (fa_raw <= 1.0), dfa * fa_raw, 0.0)
-    d_f = dlf * tl.sigmoid(-rf)
-    tl.store(dg_ptr + gate, d_i, mask=m2)
-    tl.store(dg_ptr + gate + gstride, d_f, mask=m2)
-    tl.store(dg_ptr + gate + 2 * gstride, d_z, mask=m2)
-    tl.store(dg_ptr + gate + 3 * gstride, d_o, mask=m2)
+    d_i, d_f, d_z, d_o, dlf, dc, dn = _cell_bw(dy, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp, m2)
+    _store4(dg_ptr, gate, gstride, d_i, d_f, d_z, d_o, m2)
     dyp = (mm(d_i, tl.trans(Ri), DT, EMU) + mm(d_f, tl.trans(Rf), DT, EMU) + mm(d_z, tl.trans(Rz), DT, EMU)
            + mm(d_o, tl.trans(Ro), DT, EMU))
     dy_rec = dyp * keep
-    dc = dc * fa * keep
-    dn = dn * fa * keep
+    dc = dc * keep
+    dn = dn * keep
     dm_p = dlf * keep
     return dy_rec, dc, dn, dm_p
 
@@ -208,7 +223,10 @@ def _slstm_bw(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, dsN_ptr, dg_ptr, ds
 # blocked kernels (DH > 64): column blocks of BN, state carried through global memory
 # ---------------------------------------------------------------------------------------------------
 # [0] is the default (XLSTM_TRITON_AUTOTUNE=0): no spills in the sm_90 AOT report at DH 128..512 bf16
+# (tools/bench/kernels.py --aot-check). The backward holds more per column block (state, gates and their
+# gradients): BN 64 spills there, BN 32 with 8 warps does not.
 _BLOCKED_CONFIGS = [triton.Config({"BN": bn}, num_warps=w, num_stages=1) for bn, w in ((64, 8), (32, 4), (64, 4), (32, 8))]
+_BLOCKED_BW_CONFIGS = [_BLOCKED_CONFIGS[3]] + _BLOCKED_CONFIGS[:3]
 
 
 @maybe_autotune(_BLOCKED_CONFIGS, key=["DH"])
@@ -277,26 +295,15 @@ def _slstm_fw_blocked(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_pt
                   + tl.load(b_ptr + (2 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
             ro = (tl.load(wx_ptr + gate + 3 * gstride, mask=m2, other=0.0).to(tl.float32) + acc_o
                   + tl.load(b_ptr + (3 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
-            lf = logsigmoid(rf)
-            m_new = tl.where(np_ == 0.0, ri, tl.maximum(ri, lf + mp))
-            ia = tl.minimum(tl.exp(ri - m_new), 1.0)
-            fa = tl.minimum(tl.exp(lf + mp - m_new), 1.0)
-            c = fa * cp + ia * tanh(rz)
-            n = fa * np_ + ia
-            y = tl.where(m2, tl.sigmoid(ro) * c / n, 0.0)
+            y, c, n, m_new = _cell_fw(ri, rf, rz, ro, cp, np_, mp)
+            y = tl.where(m2, y, 0.0)
             tl.store(y_ptr + (row[:, None] * NH + h) * DH + oc[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
-            tl.store(hs_ptr + gate, y, mask=m2)
-            tl.store(hs_ptr + gate + gstride, c, mask=m2)
-            tl.store(hs_ptr + gate + 2 * gstride, n, mask=m2)
-            tl.store(hs_ptr + gate + 3 * gstride, m_new, mask=m2)
-            tl.store(gs_ptr + gate, ri, mask=m2)
-            tl.store(gs_ptr + gate + gstride, rf, mask=m2)
-            tl.store(gs_ptr + gate + 2 * gstride, rz, mask=m2)
-            tl.store(gs_ptr + gate + 3 * gstride, ro, mask=m2)
+            _store4(hs_ptr, gate, gstride, y, c, n, m_new, m2)
+            _store4(gs_ptr, gate, gstride, ri, rf, rz, ro, m2)
         tl.debug_barrier()  # this step's state (global memory) is read by every thread of the next step
 
 
-@maybe_autotune(_BLOCKED_CONFIGS, key=["DH"])
+@maybe_autotune(_BLOCKED_BW_CONFIGS, key=["DH"])
 @triton.jit
 def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg_ptr, ds0_ptr, B, S, NH,
                       DH: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, HAS_RESET: tl.constexpr,
@@ -346,33 +353,14 @@ def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg
             ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
             nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
             mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
-            lf = logsigmoid(rf)
-            ia_raw = tl.exp(ri - mt)
-            fa_raw = tl.exp(lf + mp - mt)
-            ia = tl.minimum(ia_raw, 1.0)
-            fa = tl.minimum(fa_raw, 1.0)
-            tz = tanh(rz)
-            so = tl.sigmoid(ro)
             dy = (tl.load(dy_ptr + (row[:, None] * NH + h) * DH + oc[None, :], mask=m2, other=0.0).to(tl.float32)
                   + tl.load(rd + st, mask=m2, other=0.0))
             dc = tl.load(rd + BND + st, mask=m2, other=0.0)
             dn = tl.load(rd + 2 * BND + st, mask=m2, other=0.0)
-            r_n = 1.0 / nt
-            dc = dc + dy * so * r_n
-            dn = dn - dy * so * ct * r_n * r_n
-            d_o = tl.where(m2, dy * ct * r_n * so * (1.0 - so), 0.0)
-            dfa = dc * cp + dn * np_
-            dia = dc * tz + dn
-            d_z = tl.where(m2, dc * ia * (1.0 - tz * tz), 0.0)
-            d_i = tl.where(m2 & (ia_raw <= 1.0), dia * ia_raw, 0.0)
-            dlf = tl.where(m2 & (fa_raw <= 1.0), dfa * fa_raw, 0.0)
-            d_f = dlf * tl.sigmoid(-rf)
-            tl.store(dg_ptr + gate, d_i, mask=m2)
-            tl.store(dg_ptr + gate + gstride, d_f, mask=m2)
-            tl.store(dg_ptr + gate + 2 * gstride, d_z, mask=m2)
-            tl.store(dg_ptr + gate + 3 * gstride, d_o, mask=m2)
-            dc = dc * fa * keep
-            dn = dn * fa * keep
+            d_i, d_f, d_z, d_o, dlf, dc, dn = _cell_bw(dy, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp, m2)
+            _store4(dg_ptr, gate, gstride, d_i, d_f, d_z, d_o, m2)
+            dc = dc * keep
+            dn = dn * keep
             tl.store(wr + BND + st, dc, mask=m2)
             tl.store(wr + 2 * BND + st, dn, mask=m2)
             if t == 0:
