@@ -174,3 +174,22 @@ def test_model_uses_the_kernels_through_the_facade_only():
                 offenders += [f"{path.relative_to(root)}:{node.lineno} import {a.name}" for a in node.names
                               if a.name.startswith("xlstm_kernels.")]
     assert offenders == []
+
+
+def test_flash_linear_attention_is_imported_in_one_place():
+    """Only kernels/fla_runtime.py imports (and may patch) flash-linear-attention; everything else goes through
+    xlstm_kernels.import_fla."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted([*(repo / "kernels").rglob("*.py"), *(repo / "xlstm_pretrain").rglob("*.py")]):
+        if path == repo / "kernels" / "fla_runtime.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.relative_to(repo)}:{node.lineno} {n}" for n in names
+                          if n == "fla" or n.startswith("fla.")]
+    assert offenders == []

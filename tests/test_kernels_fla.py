@@ -337,3 +337,27 @@ def test_the_only_host_sync_is_the_unregistered_mask_path():
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("cpu", "item", "tolist") and id(node) not in allowed):
                 raise AssertionError(f"{mod.__name__}: .{node.func.attr}() at line {node.lineno}")
+
+
+def test_fla_is_patched_in_one_place_once():
+    """Under the interpreter fla_runtime.import_fla applies the shims; importing again re-applies nothing."""
+    if not INTERPRET:
+        pytest.skip("FLA is patched only under the Triton interpreter")
+    from triton.runtime.autotuner import Autotuner
+
+    from xlstm_kernels import fla_runtime
+
+    fla_runtime.import_fla("fla.ops.simple_gla", needed_by="test")
+    assert sys.modules["fla.ops.common.chunk_h"].range is fla_runtime._interpreter_range
+    patched = set(fla_runtime._patched)
+    tuners = []
+    for name in patched:
+        for obj in vars(sys.modules[name]).values():
+            for _ in range(4):
+                if isinstance(obj, Autotuner):
+                    tuners.append(obj)
+                    break
+                obj = getattr(obj, "fn", None)
+    assert tuners and all(len(t.configs) == 1 for t in tuners)
+    fla_runtime.import_fla("fla.ops.simple_gla", needed_by="test")
+    assert fla_runtime._patched == patched
