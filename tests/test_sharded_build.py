@@ -137,7 +137,7 @@ def test_sequence_parallel_gradient_hooks_survive_materialisation(monkeypatch):
 
     fired = []
 
-    def recording_hook(group):
+    def recording_hook(group, comm=None):
         def hook(grad):
             fired.append(grad.shape)
             return grad

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from xlstm_pretrain.model import ModelConfig, build_model
-from xlstm_pretrain.parallel import mappings
 from xlstm_pretrain.parallel import (ParallelConfig, gather_full_state_dict, gather_logits, init_parallel_state,
                                      lm_loss, load_full_state_dict, parallelize_model)
 
@@ -83,10 +82,9 @@ def tp_equivalence(cases):
         ref_logits, ref_loss, ref_grads = forward_backward(ref, ids, labels, bounds)
         torch.manual_seed(0)
         model = parallelize_model(build_model(cfg), state)
-        mappings.comm_log = []
-        logits, loss, grads = forward_backward(model, ids, labels, bounds)
-        collectives = sorted({entry[0] for entry in mappings.comm_log})
-        mappings.comm_log = None
+        with state.comm.logging() as log:
+            logits, loss, grads = forward_backward(model, ids, labels, bounds)
+        collectives = sorted({record.name for record in log})
         # checkpoints: TP=N -> TP=1 (gather) and TP=1 -> TP=N (slice) give identical outputs
         full = gather_full_state_dict(model)
         plain = build_model(cfg)
@@ -234,20 +232,20 @@ def cp_equivalence(cases):
 
             enable_activation_checkpointing(model)
         local = shard_sequence(dict(input_ids=ids, labels=labels, doc_boundaries=bounds), state)
-        mappings.comm_log = []
-        logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"], return_state=True)
-        n_fwd = len(mappings.comm_log)
-        fwd_bytes = {}
-        for name, payload, _wire in mappings.comm_log:
-            fwd_bytes[name] = fwd_bytes.get(name, 0) + payload
-        # each CP rank: its token-loss sum / the global token count (gradients are then summed over CP)
-        loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
-        loss.backward()
+        with state.comm.logging() as log:
+            logits, final_state = model(local["input_ids"], doc_boundaries=local["doc_boundaries"],
+                                        return_state=True)
+            n_fwd = len(log)
+            fwd_bytes = {}
+            for name, payload, _wire in log:
+                fwd_bytes[name] = fwd_bytes.get(name, 0) + payload
+            # each CP rank: its token-loss sum / the global token count (gradients are then summed over CP)
+            loss = lm_loss(model, logits, local["labels"]).sum() / token_count(local["labels"], state)
+            loss.backward()
         # CP messages sent again in backward (a recomputed block must replay, not resend, them)
         forward_names = ("all_gather_stack", "send_state", "sequence_to_heads", "heads_to_sequence",
                          "gather_sequence_mask")
-        resent = sum(1 for name, _p, _w in mappings.comm_log[n_fwd:] if name in forward_names)
-        mappings.comm_log = None
+        resent = sum(1 for name, _p, _w in log[n_fwd:] if name in forward_names)
         grads = {}
         for n, p in model.named_parameters():
             g = p.grad.clone()

@@ -35,7 +35,7 @@ def measure(layouts, B, S, d, heads):
 
     from xlstm_pretrain.model import ModelConfig, build_model
     from xlstm_pretrain.parallel import ParallelConfig, apply_context_parallel, init_parallel_state, parallelize_model
-    from xlstm_pretrain.parallel import mappings, shard_sequence
+    from xlstm_pretrain.parallel import shard_sequence
 
     rows = []
     for family, tp, cp, sp in layouts:
@@ -48,12 +48,11 @@ def measure(layouts, B, S, d, heads):
         model = apply_context_parallel(parallelize_model(build_model(cfg), state), state)
         ids = torch.randint(0, 512, (B, S))
         ids = shard_sequence(dict(ids=ids), state)["ids"]
-        mappings.comm_log = []
-        logits = model(ids)
-        fwd = list(mappings.comm_log)
-        logits.float().sum().backward()
-        bwd = mappings.comm_log[len(fwd):]
-        mappings.comm_log = None
+        with state.comm.logging() as log:
+            logits = model(ids)
+            fwd = list(log)
+            logits.float().sum().backward()
+        bwd = log[len(fwd):]
         totals = defaultdict(lambda: [0, 0])
         for prefix, log in (("fwd", fwd), ("bwd", bwd)):
             for name, payload, wire in log:

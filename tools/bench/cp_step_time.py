@@ -43,9 +43,11 @@ def time_block(kind, cp, S, d, heads, chunk, reps, B, relay=False):
     from xlstm_pretrain.parallel import ParallelConfig, apply_context_parallel, init_parallel_state, shard_sequence
     from xlstm_pretrain.parallel.context_parallel import ContextParallelSLSTMCell
 
-    ContextParallelSLSTMCell.relay_only = relay
     state = init_parallel_state(ParallelConfig(context_parallel=cp))
     model = apply_context_parallel(_model(kind, d, heads, chunk), state)
+    for module in model.modules():
+        if isinstance(module, ContextParallelSLSTMCell):
+            module.relay_only = relay
     block = model.blocks[0]
     x_full = torch.randn(B, S, d, generator=torch.Generator().manual_seed(1))
     x = shard_sequence(dict(x=x_full), state)["x"].clone().requires_grad_()

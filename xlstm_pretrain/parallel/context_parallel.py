@@ -16,10 +16,11 @@ runs its chunkwise kernel on its shard, and the recurrent state crosses shard bo
 - causal conv: each rank receives the last K-1 inputs of the previous rank (a halo).
 Document resets that fall on or across shard edges behave exactly as without CP. Under activation
 checkpointing a recomputed block replays these forward messages instead of sending them again
-(``mappings.CommReplay``).
+(``mappings.CommReplay``, held by ``ParallelState.comm``).
 
-Modules are converted in place by swapping their class (as FSDP2's fully_shard does), so parameter
-names and the plain model's layers stay untouched.
+Each CP module wraps the plain one (``plan.apply_context_parallel`` puts the wrappers in place): a cell
+wrapper holds the plain cell as its child ``local`` and runs it on this rank's part; the conv wrapper
+shares the conv's parameters, so parameter names and state-dict keys are those of the plain model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 import xlstm_kernels
 from xlstm_pretrain.config_loader import ConfigError
@@ -48,11 +50,21 @@ def combine_mlstm_state(state, summary):
     return w_a[..., None] * C_a + w_s[..., None] * C_s, w_a * n_a + w_s * n_s, m
 
 
-class ContextParallelMLSTMCell(MLSTMCell):
-    cp_group = None
+class _ContextParallelCell(nn.Module):
+    """Holds the plain cell as the child ``local`` (it runs this rank's part: cell hooks, e.g. the gate
+    telemetry's, see exactly what the kernel gets), the CP group and the comm context."""
+
+    def __init__(self, cell: MLSTMCell | SLSTMCell, state: ParallelState):
+        super().__init__()
+        self.local = cell
+        self.group, self.comm = state.cp_group, state.comm
+
+
+class ContextParallelMLSTMCell(_ContextParallelCell):
+    """Wraps an ``MLSTMCell``: the earlier shards' summaries, prefix-combined, are this shard's initial state."""
 
     def forward(self, q, k, v, i, f, state=None, reset=None, return_state=False):
-        group = self.cp_group
+        group = self.group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         B, NH, S, DHQK = q.shape
         DHV = v.shape[-1]
@@ -64,7 +76,7 @@ class ContextParallelMLSTMCell(MLSTMCell):
         if reset is not None:  # a document starting in this shard cuts everything before it
             log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)
         packed = torch.cat([log_F, m_s, n_s, C_s.flatten(-2)], dim=-1)
-        gathered = all_gather_stack(packed, group)  # (world, B, NH, 2 + DHQK + DHQK*DHV)
+        gathered = all_gather_stack(packed, group, self.comm)  # (world, B, NH, 2 + DHQK + DHQK*DHV)
 
         def unpack(p):
             return p[..., :1], p[..., 2 + DHQK :].view(B, NH, DHQK, DHV), p[..., 2 : 2 + DHQK], p[..., 1:2]
@@ -77,7 +89,7 @@ class ContextParallelMLSTMCell(MLSTMCell):
         for j in range(rank):
             log_F_j, C_j, n_j, m_j = unpack(gathered[j])
             carried = combine_mlstm_state(carried, (log_F_j, C_j, n_j, m_j))
-        h, _ = super().forward(q, k, v, i, f, carried, reset, False)
+        h, _ = self.local(q, k, v, i, f, carried, reset, False)
         h = depend_on(h, gathered)  # every rank takes part in the gather's backward (rank 0 uses none of it)
         if not return_state:
             return h, None
@@ -87,12 +99,15 @@ class ContextParallelMLSTMCell(MLSTMCell):
         return h, final
 
 
-class ContextParallelSLSTMCell(SLSTMCell):
-    cp_group = None
-    relay_only = False  # True: always relay the state (tools/bench/cp_step_time.py compares both layouts)
+class ContextParallelSLSTMCell(_ContextParallelCell):
+    """Wraps an ``SLSTMCell``: layout switch to head shards (or a state relay where heads do not divide)."""
+
+    def __init__(self, cell: SLSTMCell, state: ParallelState, relay_only: bool = False):
+        super().__init__(cell, state)
+        self.relay_only = relay_only  # True: always relay the state (tools/bench/cp_step_time.py compares both)
 
     def forward(self, wx, R, b, state=None, reset=None, return_state=False):
-        world = dist.get_world_size(self.cp_group)
+        world = dist.get_world_size(self.group)
         NH = wx.shape[3]
         if NH % world == 0 and not self.relay_only:
             return self._forward_head_sharded(wx, R, b, state, reset, return_state)
@@ -103,15 +118,15 @@ class ContextParallelSLSTMCell(SLSTMCell):
         head shards (every rank runs the full sequence for NH/cp heads, all ranks at once), another one
         turns the output back. R and b are sliced to the rank's heads; their gradients, summed over CP
         with the others (as DeepSpeed does over DP x CP), add up to the full ones."""
-        group = self.cp_group
+        group, comm = self.group, self.comm
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         B, _, _, NH, DH = wx.shape
         heads = slice(rank * NH // world, (rank + 1) * NH // world)
-        wx_h = sequence_to_heads(wx, group)  # (B, S, 4, NH/cp, DH)
-        reset_h = None if reset is None else gather_sequence_mask(reset, group)  # (B, S)
+        wx_h = sequence_to_heads(wx, group, comm)  # (B, S, 4, NH/cp, DH)
+        reset_h = None if reset is None else gather_sequence_mask(reset, group, comm)  # (B, S)
         state_h = None if state is None else tuple(s[:, heads] for s in state)
-        y_h, final_h = super().forward(wx_h, R[:, heads], b[:, heads], state_h, reset_h, return_state)
-        y = heads_to_sequence(y_h, group)  # (B, S/cp, NH, DH)
+        y_h, final_h = self.local(wx_h, R[:, heads], b[:, heads], state_h, reset_h, return_state)
+        y = heads_to_sequence(y_h, group, comm)  # (B, S/cp, NH, DH)
         if not return_state:
             return y, None
         local = torch.stack(final_h).detach()  # (4, B, NH/cp, DH): the state after the whole sequence
@@ -121,19 +136,19 @@ class ContextParallelSLSTMCell(SLSTMCell):
             dist.all_gather(parts, local.contiguous(), group=group)
             return torch.cat(parts, 2)
 
-        return y, tuple(forward_message("gather_state", gather).unbind(0))
+        return y, tuple(forward_message(comm, "gather_state", gather).unbind(0))
 
     def _forward_relay(self, wx, R, b, state, reset, return_state):
         """Heads that do not divide across the CP ranks: the state is passed rank to rank (serial)."""
-        group = self.cp_group
+        group, comm = self.group, self.comm
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         B, S, _, NH, DH = wx.shape
         cdt = torch.promote_types(wx.dtype, torch.float32)
         if rank > 0:  # wait for the previous shard's final state
-            state = tuple(recv_from_previous((4, B, NH, DH), cdt, group, wx.device).unbind(0))
-        y, final = super().forward(wx, R, b, state, reset, True)
+            state = tuple(recv_from_previous((4, B, NH, DH), cdt, group, wx.device, comm).unbind(0))
+        y, final = self.local(wx, R, b, state, reset, True)
         if rank < world - 1:
-            y = y + send_to_next(torch.stack(final), y.dtype, group)
+            y = y + send_to_next(torch.stack(final), y.dtype, group, comm)
         if not return_state:
             return y, None
         final = torch.stack(final).detach()
@@ -142,44 +157,37 @@ class ContextParallelSLSTMCell(SLSTMCell):
             dist.broadcast(final, src=dist.get_global_rank(group, world - 1), group=group)
             return final
 
-        final = forward_message("broadcast_state", broadcast)
+        final = forward_message(comm, "broadcast_state", broadcast)
         return y, tuple(final.unbind(0))
 
 
-class ContextParallelCausalConv1d(CausalConv1d):
-    cp_group = None
+class ContextParallelCausalConv1d(nn.Module):
+    """The causal conv on this rank's shard, its history (halo) taken from the previous rank's shard.
+
+    The conv's weights keep their names (``...conv.weight``, as in checkpoints and exports): this module
+    shares the conv's parameter and buffer dicts rather than registering the conv as a child (which would
+    rename them ``...conv.local.weight``); the conv itself, ``local``, is kept outside the module tree."""
+
+    def __init__(self, conv: CausalConv1d, state: ParallelState):
+        super().__init__()
+        self._parameters, self._buffers = conv._parameters, conv._buffers  # the same dicts: one set of weights
+        object.__setattr__(self, "local", conv)
+        self.group, self.comm = state.cp_group, state.comm
 
     def forward(self, x, state=None, reset=None):
-        group = self.cp_group
+        group = self.group
         rank, world = dist.get_rank(group), dist.get_world_size(group)
-        K, S = self.kernel_size, x.shape[1]
+        K, S = self.local.kernel_size, x.shape[1]
         if S < K - 1:
             raise ValueError(f"context parallel conv: a shard of {S} tokens is shorter than the kernel halo {K - 1}")
         tail = x[:, S - (K - 1) :]
         if reset is not None:  # inputs of a document that ends inside the tail are invisible to the next shard
             seg = reset[:, S - (K - 1) :].long().cumsum(1)
             tail = tail * (seg == seg[:, -1:])[..., None]
-        tails = all_gather_stack(tail, group)  # (world, B, K-1, C)
+        tails = all_gather_stack(tail, group, self.comm)  # (world, B, K-1, C)
         halo = state if rank == 0 else tails[rank - 1]
-        y, _ = super().forward(x, halo, reset)
+        y, _ = self.local(x, halo, reset)
         return depend_on(y, tails), tails[world - 1]
-
-
-_CP_CLASSES = {MLSTMCell: ContextParallelMLSTMCell, SLSTMCell: ContextParallelSLSTMCell,
-               CausalConv1d: ContextParallelCausalConv1d}
-
-
-def apply_context_parallel(model, state: ParallelState):
-    """Convert every cell and causal conv of ``model`` to its context-parallel version (no-op for cp=1)."""
-    model.parallel_state = state
-    if state.cp == 1:
-        return model
-    for module in model.modules():
-        cp_cls = _CP_CLASSES.get(type(module))
-        if cp_cls is not None:
-            module.__class__ = cp_cls
-            module.cp_group = state.cp_group
-    return model
 
 
 def shard_sequence(batch: dict, state: ParallelState) -> dict:

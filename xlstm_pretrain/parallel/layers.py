@@ -41,16 +41,14 @@ def sharded_parameter(full: torch.Tensor, state: ParallelState, dim: int, chunks
     return p
 
 
-def shard_parameter_(module: nn.Module, name: str, state: ParallelState, dim: int, chunks: int = 1) -> None:
-    """Replace ``module.<name>`` by this rank's slice (in place, keeping the state-dict name)."""
-    setattr(module, name, sharded_parameter(getattr(module, name), state, dim, chunks))
-
-
-def mark_sequence_parallel_(param: nn.Parameter, state: ParallelState) -> None:
-    """A replicated parameter applied to sequence-sharded activations: sum its gradient over TP."""
-    if state.sequence_parallel and not getattr(param, "sequence_parallel", False):
-        param.sequence_parallel = True
-        param.register_hook(all_reduce_grad_hook(state.tp_group))
+def replicated_parameter(full: torch.Tensor, state: ParallelState) -> nn.Parameter:
+    """A copy of a parameter every TP rank holds whole. Under sequence parallelism it is applied to this
+    rank's part of the sequence only (norms, row-parallel biases), so its gradient is summed over TP."""
+    p = nn.Parameter(full.detach().clone(), requires_grad=full.requires_grad)
+    if state.sequence_parallel:
+        p.sequence_parallel = True
+        p.register_hook(all_reduce_grad_hook(state.tp_group, state.comm))
+    return p
 
 
 # ---- entering / leaving a TP region -------------------------------------------------------------
@@ -58,14 +56,14 @@ def mark_sequence_parallel_(param: nn.Parameter, state: ParallelState) -> None:
 
 def enter_tp_region(x: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Replicated (or, with SP, sequence-sharded) activations -> the full input every TP rank needs."""
-    return gather_from_sequence(x, state.tp_group) if state.sequence_parallel else copy_to_tp(x, state.tp_group)
+    enter = gather_from_sequence if state.sequence_parallel else copy_to_tp
+    return enter(x, state.tp_group, state.comm)
 
 
 def exit_tp_region(partial: torch.Tensor, state: ParallelState) -> torch.Tensor:
     """Per-rank partial sums -> their sum, replicated (or, with SP, sequence-sharded)."""
-    if state.sequence_parallel:
-        return reduce_scatter_to_sequence(partial, state.tp_group)
-    return reduce_from_tp(partial, state.tp_group)
+    leave = reduce_scatter_to_sequence if state.sequence_parallel else reduce_from_tp
+    return leave(partial, state.tp_group, state.comm)
 
 
 # ---- layers -------------------------------------------------------------------------------------
@@ -100,9 +98,7 @@ class RowParallelLinear(nn.Module):
         self.in_features = linear.in_features // state.tp
         self.out_features = linear.out_features
         self.weight = sharded_parameter(linear.weight, state, 1, chunks)
-        self.bias = linear.bias
-        if self.bias is not None:
-            mark_sequence_parallel_(self.bias, state)
+        self.bias = replicated_parameter(linear.bias, state) if linear.bias is not None else None
 
     def forward(self, x):
         y = exit_tp_region(F.linear(x, self.weight), self.state)
@@ -121,7 +117,7 @@ class HeadParallelGate(nn.Module):
         self.bias = sharded_parameter(linear.bias, state, 0) if linear.bias is not None else None
 
     def forward(self, x_local):
-        y = reduce_scatter_to_tp(F.linear(x_local, self.weight), self.state.tp_group)
+        y = reduce_scatter_to_tp(F.linear(x_local, self.weight), self.state.tp_group, self.state.comm)
         return y + self.bias if self.bias is not None else y
 
 

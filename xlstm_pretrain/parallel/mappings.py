@@ -18,23 +18,27 @@ Context parallelism (CP group, sequence split contiguously across ranks):
     recv_from_previous         fwd recv state from rank-1               bwd send its gradient to rank-1
     send_to_next               fwd send state to rank+1                 bwd recv its gradient from rank+1
 
-Every function takes the process group explicitly and is the identity when the group has one rank.
-Under activation checkpointing the context-parallel forwards replay their recorded results when autograd
-recomputes a block (``CommReplay``); their backwards, and every TP collective, run as usual.
-An optional ``comm_log`` list records (name, payload bytes, wire bytes) per call, for tests and the
-communication benchmark: payload = the tensor this rank hands to the collective; wire = bytes this rank
-sends under the usual ring algorithms (all-reduce 2(w-1)/w N, reduce-scatter and all-to-all (w-1)/w N
-of the full input, all-gather (w-1) x its own part, point-to-point N), as in nccl-tests' bus bandwidth.
+Every function takes the process group explicitly and is the identity when the group has one rank. It
+also takes the caller's ``CommContext`` (``ParallelState.comm``; None: no bookkeeping), which holds what
+outlives one call - there is no module-level state here:
+- ``log``: a list of ``CommRecord(name, payload bytes, wire bytes)`` per call while ``comm.logging()``
+  is active, for tests and the communication benchmark: payload = the tensor this rank hands to the
+  collective; wire = bytes this rank sends under the usual ring algorithms (all-reduce 2(w-1)/w N,
+  reduce-scatter and all-to-all (w-1)/w N of the full input, all-gather (w-1) x its own part,
+  point-to-point N), as in nccl-tests' bus bandwidth. A backward logs as ``<forward name>.bwd``.
+- ``replay``: under activation checkpointing (``context_fn=comm.checkpoint_context``) the context-parallel
+  forwards replay their recorded results when autograd recomputes a block (``CommReplay``); their
+  backwards, and every TP collective, run as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
-
-comm_log: list[tuple[str, int, int]] | None = None  # set to a list to record traffic
 
 _WIRE_FACTOR = {  # bytes on the wire per payload byte, for a ring over w ranks
     "all_reduce": lambda w: 2 * (w - 1) / w,
@@ -45,240 +49,10 @@ _WIRE_FACTOR = {  # bytes on the wire per payload byte, for a ring over w ranks
 }
 
 
-def _log(name: str, t: torch.Tensor, group, kind: str) -> None:
-    if comm_log is not None:
-        payload = t.numel() * t.element_size()
-        comm_log.append((name, payload, int(payload * _WIRE_FACTOR[kind](_world(group)))))
-
-
-def _world(group) -> int:
-    return dist.get_world_size(group) if group is not None else 1
-
-
-def _rank(group) -> int:
-    return dist.get_rank(group) if group is not None else 0
-
-
-# ---- raw collectives (no autograd) --------------------------------------------------------------
-
-
-def _all_reduce(x, group, name="all_reduce", op=dist.ReduceOp.SUM):
-    if _world(group) == 1:
-        return x
-    x = x.contiguous().clone()
-    _log(name, x, group, "all_reduce")
-    dist.all_reduce(x, op=op, group=group)
-    return x
-
-
-def _all_gather(x, group, dim, name="all_gather"):
-    w = _world(group)
-    if w == 1:
-        return x
-    x = x.contiguous()
-    _log(name, x, group, "all_gather")
-    parts = [torch.empty_like(x) for _ in range(w)]
-    dist.all_gather(parts, x, group=group)
-    return torch.cat(parts, dim=dim)
-
-
-def _split(x, group, dim):
-    w = _world(group)
-    if w == 1:
-        return x
-    if x.shape[dim] % w:
-        raise ValueError(f"cannot split dim {dim} of size {x.shape[dim]} across {w} ranks")
-    return x.chunk(w, dim=dim)[_rank(group)].contiguous()
-
-
-def _reduce_scatter(x, group, dim, name="reduce_scatter"):
-    w = _world(group)
-    if w == 1:
-        return x
-    if x.shape[dim] % w:
-        raise ValueError(f"cannot reduce-scatter dim {dim} of size {x.shape[dim]} across {w} ranks")
-    parts = [p.contiguous() for p in x.chunk(w, dim=dim)]
-    _log(name, x, group, "reduce_scatter")
-    out = torch.empty_like(parts[0])
-    dist.reduce_scatter(out, parts, group=group)
-    return out
-
-
-def _all_to_all(x, group, split_dim, cat_dim, name="all_to_all"):
-    """Split ``split_dim`` into world chunks, send chunk j to rank j, concatenate received along ``cat_dim``."""
-    w = _world(group)
-    if w == 1:
-        return x
-    send = [p.contiguous() for p in x.chunk(w, dim=split_dim)]
-    recv = [torch.empty_like(send[0]) for _ in range(w)]
-    _log(name, x, group, "all_to_all")
-    dist.all_to_all(recv, send, group=group)
-    return torch.cat(recv, dim=cat_dim)
-
-
-# ---- autograd pairs -----------------------------------------------------------------------------
-
-
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_reduce(g, ctx.group, "copy_to_tp.bwd"), None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x, group, "reduce_from_tp")
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-class _SplitToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group, -1)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_gather(g, ctx.group, -1, "split_to_tp.bwd"), None
-
-
-class _GatherFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, -1, "gather_from_tp")
-
-    @staticmethod
-    def backward(ctx, g):
-        return _split(g, ctx.group, -1), None
-
-
-class _ReduceScatterToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _reduce_scatter(x, group, -1, "reduce_scatter_to_tp")
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_gather(g, ctx.group, -1, "reduce_scatter_to_tp.bwd"), None
-
-
-class _ScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group, 1)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_gather(g, ctx.group, 1, "scatter_to_sequence.bwd"), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, 1, "gather_from_sequence")
-
-    @staticmethod
-    def backward(ctx, g):
-        return _reduce_scatter(g, ctx.group, 1, "gather_from_sequence.bwd"), None
-
-
-class _ReduceScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _reduce_scatter(x, group, 1, "reduce_scatter_to_sequence")
-
-    @staticmethod
-    def backward(ctx, g):
-        return _all_gather(g, ctx.group, 1, "reduce_scatter_to_sequence.bwd"), None
-
-
-class _AllToAll(torch.autograd.Function):
-    """fwd: split ``split_dim`` across the group and concatenate what arrives along ``cat_dim``; bwd: the
-    inverse all-to-all. ``replayed``: a context-parallel forward message (recorded and replayed under
-    activation checkpointing); TP all-to-alls are symmetric within a CP rank and simply rerun."""
-
-    @staticmethod
-    def forward(ctx, x, group, split_dim, cat_dim, name, replayed):
-        ctx.group, ctx.split_dim, ctx.cat_dim, ctx.name = group, split_dim, cat_dim, name
-
-        def send():
-            return _all_to_all(x, group, split_dim=split_dim, cat_dim=cat_dim, name=name)
-
-        return forward_message(name, send) if replayed else send()
-
-    @staticmethod
-    def backward(ctx, g):
-        g = _all_to_all(g, ctx.group, split_dim=ctx.cat_dim, cat_dim=ctx.split_dim, name=f"{ctx.name}.bwd")
-        return g, None, None, None, None, None
-
-
-def _all_to_all_pair(x, group, split_dim, cat_dim, name, replayed=False):
-    return _AllToAll.apply(x, group, split_dim, cat_dim, name, replayed) if _world(group) > 1 else x
-
-
-def copy_to_tp(x, group):
-    return _CopyToTP.apply(x, group) if _world(group) > 1 else x
-
-
-def reduce_from_tp(x, group):
-    return _ReduceFromTP.apply(x, group) if _world(group) > 1 else x
-
-
-def split_to_tp(x, group):
-    return _SplitToTP.apply(x, group) if _world(group) > 1 else x
-
-
-def gather_from_tp(x, group):
-    return _GatherFromTP.apply(x, group) if _world(group) > 1 else x
-
-
-def reduce_scatter_to_tp(x, group):
-    return _ReduceScatterToTP.apply(x, group) if _world(group) > 1 else x
-
-
-def scatter_to_sequence(x, group):
-    return _ScatterToSequence.apply(x, group) if _world(group) > 1 else x
-
-
-def gather_from_sequence(x, group):
-    return _GatherFromSequence.apply(x, group) if _world(group) > 1 else x
-
-
-def reduce_scatter_to_sequence(x, group):
-    return _ReduceScatterToSequence.apply(x, group) if _world(group) > 1 else x
-
-
-def sequence_to_tp(x, group):
-    """Sequence shards (B, S/t, C) -> channel shards (B, S, C/t) (SP entry of the sLSTM layer)."""
-    return _all_to_all_pair(x, group, split_dim=-1, cat_dim=1, name="sequence_to_tp")
-
-
-def tp_to_sequence(x, group):
-    return _all_to_all_pair(x, group, split_dim=1, cat_dim=-1, name="tp_to_sequence")
-
-
-def all_reduce_grad_hook(group):
-    """A tensor hook that sums a replicated parameter's partial gradients over ``group``
-    (sequence parallelism: norm weights see only this rank's part of the sequence)."""
-
-    def hook(grad):
-        return _all_reduce(grad, group, "sequence_parallel_param_grad")
-
-    return hook
+class CommRecord(NamedTuple):
+    name: str
+    payload: int  # bytes this rank hands to the collective
+    wire: int  # bytes this rank sends under a ring algorithm
 
 
 # ---- activation checkpointing: a recomputed block replays its context-parallel messages -----------
@@ -294,19 +68,20 @@ class CommReplay:
     recorded tensors are what the first forward produced anyway, so recomputed activations are identical.
     TP collectives are symmetric within a CP rank and are simply rerun (as in Megatron)."""
 
-    def __init__(self):
+    def __init__(self, comm: CommContext):
+        self.comm = comm
         self.results: list[tuple[str, torch.Tensor | None]] = []
         self.position: int | None = None  # None while recording
 
     @contextlib.contextmanager
     def _active(self, position):
-        global _active_replay
-        outer, _active_replay = _active_replay, self
+        # on the context, not in a thread-local: the recompute may run on the autograd engine's thread
+        outer, self.comm.replay = self.comm.replay, self
         self.position = position
         try:
             yield
         finally:
-            _active_replay = outer
+            self.comm.replay = outer
 
     def recording(self):
         return self._active(None)
@@ -315,76 +90,266 @@ class CommReplay:
         return self._active(0)
 
 
-_active_replay: CommReplay | None = None  # module-global: backward may run on the autograd engine's thread
+class CommContext:
+    """What the collectives of one model remember between calls: the traffic log (on while ``logging()``
+    is active) and the activation-checkpoint replay of the block being recorded or recomputed. Held by
+    the caller (``ParallelState.comm``) and passed to every mapping."""
 
+    def __init__(self):
+        self.log: list[CommRecord] | None = None
+        self.replay: CommReplay | None = None
+        _LIVE_CONTEXTS.add(self)  # TRANSITIONAL (see checkpoint_context)
 
-def checkpoint_context():
-    """``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: record the
-    block's CP messages in its forward, replay them in its recompute."""
-    replay = CommReplay()
-    return replay.recording(), replay.replaying()
+    def record(self, name: str, t: torch.Tensor, group, kind: str) -> None:
+        if self.log is not None:
+            payload = t.numel() * t.element_size()
+            self.log.append(CommRecord(name, payload, int(payload * _WIRE_FACTOR[kind](_world(group)))))
+
+    @contextlib.contextmanager
+    def logging(self):
+        """``with comm.logging() as log:`` -- every collective issued meanwhile appends a CommRecord."""
+        outer, self.log = self.log, []
+        try:
+            yield self.log
+        finally:
+            self.log = outer
+
+    def checkpoint_context(self):
+        """``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: record the
+        block's CP messages in its forward, replay them in its recompute."""
+        replay = CommReplay(self)
+        return replay.recording(), replay.replaying()
+
+    def forward_message(self, name: str, run: Callable[[], torch.Tensor | None]):
+        """``run()`` sends/receives a forward message (returning its tensor, or None); replayed on recompute."""
+        replay = self.replay
+        if replay is None:
+            return run()
+        if replay.position is None:
+            out = run()
+            replay.results.append((name, None if out is None else out.detach()))
+            return out
+        recorded_name, out = replay.results[replay.position]
+        if recorded_name != name:
+            raise RuntimeError(f"activation checkpointing: the recomputed block sent {name!r} where its first "
+                               f"forward sent {recorded_name!r} (message {replay.position}); its forward must be "
+                               "deterministic")
+        replay.position += 1
+        return None if out is None else out.detach()  # a fresh tensor object: autograd attaches a node to it
 
 
 def checkpoint_context_fn(model):
-    """The ``context_fn`` to pass to ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` for the
-    blocks of ``model``: records the blocks' CP messages in their forward, replays them in the recompute."""
-    return checkpoint_context
+    """The ``context_fn`` for checkpointing the blocks of ``model``: its CP messages are recorded in the
+    forward and replayed in the recompute (a model without a parallel state sends none)."""
+    state = getattr(model, "parallel_state", None)
+    return (state.comm if state is not None else CommContext()).checkpoint_context
 
 
-def forward_message(name: str, run):
-    """``run()`` sends/receives a forward message (returning its tensor, or None); replayed on recompute."""
-    replay = _active_replay
-    if replay is None:
-        return run()
-    if replay.position is None:
-        out = run()
-        replay.results.append((name, None if out is None else out.detach()))
-        return out
-    recorded_name, out = replay.results[replay.position]
-    if recorded_name != name:
-        raise RuntimeError(f"activation checkpointing: the recomputed block sent {name!r} where its first forward "
-                           f"sent {recorded_name!r} (message {replay.position}); its forward must be deterministic")
-    replay.position += 1
-    return None if out is None else out.detach()  # a fresh tensor object: autograd attaches a node to it
+# TRANSITIONAL: train/setup.py still passes the zero-argument ``checkpoint_context``; once it passes
+# ``checkpoint_context_fn(model)`` (requested), this registry and that function go.
+_LIVE_CONTEXTS: weakref.WeakSet[CommContext] = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def _entered(managers: Callable[[], list]):
+    with contextlib.ExitStack() as stack:
+        for manager in managers():
+            stack.enter_context(manager)
+        yield
+
+
+def checkpoint_context():
+    """TRANSITIONAL zero-argument ``context_fn``: records / replays on every live CommContext (each sees
+    only its own model's messages). Use ``checkpoint_context_fn(model)``."""
+    replays = [CommReplay(comm) for comm in list(_LIVE_CONTEXTS)]
+    return (_entered(lambda: [r.recording() for r in replays]),
+            _entered(lambda: [r.replaying() for r in replays]))
+
+
+def forward_message(comm: CommContext | None, name: str, run):
+    """A CP forward message through ``comm`` (replayed under activation checkpointing), or just ``run()``."""
+    return run() if comm is None else comm.forward_message(name, run)
+
+
+def _log(comm: CommContext | None, name: str, t: torch.Tensor, group, kind: str) -> None:
+    if comm is not None:
+        comm.record(name, t, group, kind)
+
+
+def _world(group) -> int:
+    return dist.get_world_size(group) if group is not None else 1
+
+
+def _rank(group) -> int:
+    return dist.get_rank(group) if group is not None else 0
+
+
+# ---- raw collectives (no autograd) --------------------------------------------------------------
+
+
+def _all_reduce(x, group, name="all_reduce", op=dist.ReduceOp.SUM, comm=None):
+    if _world(group) == 1:
+        return x
+    x = x.contiguous().clone()
+    _log(comm, name, x, group, "all_reduce")
+    dist.all_reduce(x, op=op, group=group)
+    return x
+
+
+def _all_gather(x, group, dim, name="all_gather", comm=None):
+    w = _world(group)
+    if w == 1:
+        return x
+    x = x.contiguous()
+    _log(comm, name, x, group, "all_gather")
+    parts = [torch.empty_like(x) for _ in range(w)]
+    dist.all_gather(parts, x, group=group)
+    return torch.cat(parts, dim=dim)
+
+
+def _split(x, group, dim):
+    w = _world(group)
+    if w == 1:
+        return x
+    if x.shape[dim] % w:
+        raise ValueError(f"cannot split dim {dim} of size {x.shape[dim]} across {w} ranks")
+    return x.chunk(w, dim=dim)[_rank(group)].contiguous()
+
+
+def _reduce_scatter(x, group, dim, name="reduce_scatter", comm=None):
+    w = _world(group)
+    if w == 1:
+        return x
+    if x.shape[dim] % w:
+        raise ValueError(f"cannot reduce-scatter dim {dim} of size {x.shape[dim]} across {w} ranks")
+    parts = [p.contiguous() for p in x.chunk(w, dim=dim)]
+    _log(comm, name, x, group, "reduce_scatter")
+    out = torch.empty_like(parts[0])
+    dist.reduce_scatter(out, parts, group=group)
+    return out
+
+
+def _all_to_all(x, group, split_dim, cat_dim, name="all_to_all", comm=None):
+    """Split ``split_dim`` into world chunks, send chunk j to rank j, concatenate received along ``cat_dim``."""
+    w = _world(group)
+    if w == 1:
+        return x
+    send = [p.contiguous() for p in x.chunk(w, dim=split_dim)]
+    recv = [torch.empty_like(send[0]) for _ in range(w)]
+    _log(comm, name, x, group, "all_to_all")
+    dist.all_to_all(recv, send, group=group)
+    return torch.cat(recv, dim=cat_dim)
+
+
+# ---- autograd pairs -----------------------------------------------------------------------------
+# One autograd function serves every mapping: a mapping is a forward op and its adjoint, each
+# ``op(x, group, comm, name) -> tensor``. The forward logs as the mapping's name, the backward as
+# "<name>.bwd"; ``replayed`` mappings are CP forward messages (recorded and replayed under activation
+# checkpointing); TP ones are symmetric within a CP rank and simply rerun.
+
+Op = Callable[..., torch.Tensor]
+
+
+def _identity(x, group, comm, name):
+    return x
+
+
+def _reduce(x, group, comm, name):
+    return _all_reduce(x, group, name, comm=comm)
+
+
+def _gather(dim: int) -> Op:
+    return lambda x, group, comm, name: _all_gather(x, group, dim, name, comm)
+
+
+def _keep_local(dim: int) -> Op:
+    return lambda x, group, comm, name: _split(x, group, dim)
+
+
+def _scatter_sum(dim: int) -> Op:
+    return lambda x, group, comm, name: _reduce_scatter(x, group, dim, name, comm)
+
+
+def _exchange(split_dim: int, cat_dim: int) -> Op:
+    return lambda x, group, comm, name: _all_to_all(x, group, split_dim, cat_dim, name, comm)
+
+
+class _Mapping(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, comm, name, fwd, bwd, replayed):
+        ctx.group, ctx.comm, ctx.name, ctx.bwd = group, comm, name, bwd
+        if replayed:
+            return forward_message(comm, name, lambda: fwd(x, group, comm, name))
+        return fwd(x, group, comm, name)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.bwd(g, ctx.group, ctx.comm, f"{ctx.name}.bwd"), None, None, None, None, None, None
+
+
+def _mapping(name: str, fwd: Op, bwd: Op, replayed: bool = False, doc: str = ""):
+    def mapping(x, group, comm: CommContext | None = None):
+        return _Mapping.apply(x, group, comm, name, fwd, bwd, replayed) if _world(group) > 1 else x
+
+    mapping.__name__ = mapping.__qualname__ = name
+    mapping.__doc__ = doc
+    return mapping
+
+
+copy_to_tp = _mapping("copy_to_tp", _identity, _reduce)
+reduce_from_tp = _mapping("reduce_from_tp", _reduce, _identity)
+split_to_tp = _mapping("split_to_tp", _keep_local(-1), _gather(-1))
+gather_from_tp = _mapping("gather_from_tp", _gather(-1), _keep_local(-1))
+reduce_scatter_to_tp = _mapping("reduce_scatter_to_tp", _scatter_sum(-1), _gather(-1))
+scatter_to_sequence = _mapping("scatter_to_sequence", _keep_local(1), _gather(1))
+gather_from_sequence = _mapping("gather_from_sequence", _gather(1), _scatter_sum(1))
+reduce_scatter_to_sequence = _mapping("reduce_scatter_to_sequence", _scatter_sum(1), _gather(1))
+sequence_to_tp = _mapping("sequence_to_tp", _exchange(-1, 1), _exchange(1, -1),
+                          doc="Sequence shards (B, S/t, C) -> channel shards (B, S, C/t) (SP entry of the sLSTM layer).")
+tp_to_sequence = _mapping("tp_to_sequence", _exchange(1, -1), _exchange(-1, 1))
+
+
+def all_reduce_grad_hook(group, comm: CommContext | None = None):
+    """A tensor hook that sums a replicated parameter's partial gradients over ``group``
+    (sequence parallelism: norm weights see only this rank's part of the sequence)."""
+
+    def hook(grad):
+        return _all_reduce(grad, group, "sequence_parallel_param_grad", comm=comm)
+
+    return hook
 
 
 # ---- context parallelism: gather per-rank summaries, pass state along the ring ------------------
 
 
-class _AllGatherStack(torch.autograd.Function):
-    """fwd: every rank's tensor, stacked along a new leading dim; bwd: each rank gets the sum over
-    ranks of the gradients for its slot (a reduce-scatter): later ranks' use of a summary flows back."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return forward_message("all_gather_stack", lambda: _all_gather(x[None], group, 0, "all_gather_stack"))
-
-    @staticmethod
-    def backward(ctx, g):
-        return _reduce_scatter(g, ctx.group, 0, "all_gather_stack.bwd")[0], None
+sequence_to_heads = _mapping("sequence_to_heads", _exchange(-2, 1), _exchange(1, -2), replayed=True,
+                             doc="CP sequence shards (B, S/cp, ..., NH, DH) -> head shards (B, S, ..., NH/cp, DH).")
+heads_to_sequence = _mapping("heads_to_sequence", _exchange(1, -2), _exchange(-2, 1), replayed=True,
+                             doc="CP head shards (B, S, NH/cp, DH) -> sequence shards (B, S/cp, NH, DH).")
 
 
-def all_gather_stack(x, group):
-    return _AllGatherStack.apply(x, group) if _world(group) > 1 else x[None]
+def _stack(x, group, comm, name):  # every rank's tensor, stacked along a new leading dim
+    return _all_gather(x[None], group, 0, name, comm)
 
 
-def sequence_to_heads(x, group):
-    """CP sequence shards (B, S/cp, ..., NH, DH) -> head shards (B, S, ..., NH/cp, DH), heads on dim -2."""
-    return _all_to_all_pair(x, group, split_dim=-2, cat_dim=1, name="sequence_to_heads", replayed=True)
+def _sum_own_slot(g, group, comm, name):  # each rank: the sum over ranks of the gradients for its slot
+    return _reduce_scatter(g, group, 0, name, comm)[0]
 
 
-def heads_to_sequence(x, group):
-    """CP head shards (B, S, NH/cp, DH) -> sequence shards (B, S/cp, NH, DH)."""
-    return _all_to_all_pair(x, group, split_dim=1, cat_dim=-2, name="heads_to_sequence", replayed=True)
+# the adjoint of the stacking all-gather is a reduce-scatter: later ranks' use of a summary flows back
+_all_gather_stack = _mapping("all_gather_stack", _stack, _sum_own_slot, replayed=True)
 
 
-def gather_sequence_mask(mask, group):
+def all_gather_stack(x, group, comm: CommContext | None = None):
+    return _all_gather_stack(x, group, comm) if _world(group) > 1 else x[None]
+
+
+def gather_sequence_mask(mask, group, comm: CommContext | None = None):
     """A (B, S/cp) bool mask of every CP rank, concatenated along the sequence (no gradient)."""
     def gather():
-        return _all_gather(mask.to(torch.uint8), group, 1, "gather_sequence_mask").to(torch.bool)
+        return _all_gather(mask.to(torch.uint8), group, 1, "gather_sequence_mask", comm).to(torch.bool)
 
-    return forward_message("gather_sequence_mask", gather) if _world(group) > 1 else mask
+    return forward_message(comm, "gather_sequence_mask", gather) if _world(group) > 1 else mask
 
 
 def _global_rank(group, group_rank: int) -> int:
@@ -396,22 +361,22 @@ class _RecvFromPrevious(torch.autograd.Function):
     ``anchor`` is an empty tensor requiring grad, so that autograd calls this backward."""
 
     @staticmethod
-    def forward(ctx, anchor, shape, dtype, group):
-        ctx.group = group
+    def forward(ctx, anchor, shape, dtype, group, comm):
+        ctx.group, ctx.comm = group, comm
 
         def recv():
             buf = torch.empty(shape, dtype=dtype, device=anchor.device)
             dist.recv(buf, src=_global_rank(group, _rank(group) - 1), group=group)
             return buf
 
-        return forward_message("recv_state", recv)
+        return forward_message(comm, "recv_state", recv)
 
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous()
-        _log("recv_state.bwd", g, ctx.group, "p2p")
+        _log(ctx.comm, "recv_state.bwd", g, ctx.group, "p2p")
         dist.send(g, dst=_global_rank(ctx.group, _rank(ctx.group) - 1), group=ctx.group)
-        return None, None, None, None
+        return None, None, None, None, None
 
 
 class _SendToNext(torch.autograd.Function):
@@ -419,31 +384,31 @@ class _SendToNext(torch.autograd.Function):
     (so autograd visits this node); bwd: receive the state's gradient from the next rank."""
 
     @staticmethod
-    def forward(ctx, x, out_dtype, group):
+    def forward(ctx, x, out_dtype, group, comm):
         ctx.group, ctx.shape, ctx.dtype, ctx.device = group, x.shape, x.dtype, x.device
         x = x.detach().contiguous()
 
         def send():
-            _log("send_state", x, group, "p2p")
+            _log(comm, "send_state", x, group, "p2p")
             dist.send(x, dst=_global_rank(group, _rank(group) + 1), group=group)
 
-        forward_message("send_state", send)
+        forward_message(comm, "send_state", send)
         return torch.zeros((), dtype=out_dtype, device=x.device)
 
     @staticmethod
     def backward(ctx, _):
         g = torch.empty(ctx.shape, dtype=ctx.dtype, device=ctx.device)
         dist.recv(g, src=_global_rank(ctx.group, _rank(ctx.group) + 1), group=ctx.group)
-        return g, None, None
+        return g, None, None, None
 
 
-def recv_from_previous(shape, dtype, group, device=None):
+def recv_from_previous(shape, dtype, group, device=None, comm: CommContext | None = None):
     anchor = torch.empty(0, device=device, requires_grad=True)
-    return _RecvFromPrevious.apply(anchor, tuple(shape), dtype, group)
+    return _RecvFromPrevious.apply(anchor, tuple(shape), dtype, group, comm)
 
 
-def send_to_next(x, out_dtype, group):
-    return _SendToNext.apply(x, out_dtype, group)
+def send_to_next(x, out_dtype, group, comm: CommContext | None = None):
+    return _SendToNext.apply(x, out_dtype, group, comm)
 
 
 class _DependOn(torch.autograd.Function):

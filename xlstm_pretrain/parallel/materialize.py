@@ -18,10 +18,9 @@ import torch
 from xlstm_pretrain.model.config import ModelConfig
 from xlstm_pretrain.model.lm import swap_parameter_, xLSTMLM
 
-from .context_parallel import apply_context_parallel
 from .layers import shard_tensor
+from .plan import apply_context_parallel, parallelize_model
 from .state import ParallelState
-from .tensor_parallel import parallelize_model
 
 
 def build_sharded_model(cfg: ModelConfig, state: ParallelState, device) -> xLSTMLM:
@@ -29,7 +28,9 @@ def build_sharded_model(cfg: ModelConfig, state: ParallelState, device) -> xLSTM
     ``build_model(cfg)`` followed by ``parallelize_model`` would be."""
     with torch.device("meta"):
         model = xLSTMLM(cfg)
-    plain = copy.deepcopy(model)  # full-size structure of every unit (meta: free)
+    # full-size structure of every unit (meta: free); a copy, because the parallel model keeps the modules the
+    # plan leaves alone (all of them at TP=1), and the full units are freed again below
+    plain = copy.deepcopy(model)
     model = apply_context_parallel(parallelize_model(model, state), state)
     local = dict(model.named_parameters(remove_duplicate=False))
     for name, init in plain.init_units():

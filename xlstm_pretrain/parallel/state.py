@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .config import ParallelConfig
+from .mappings import CommContext
 
 
 @dataclass
@@ -22,6 +23,9 @@ class ParallelState:
     cp_group: object = None
     dp_group: object = None
     dp_cp_group: object = None  # DeepSpeed's sequence-data-parallel group: gradients are reduced over DP x CP
+    # what the collectives of the model built for this state remember between calls (traffic log,
+    # activation-checkpoint replay); see mappings.CommContext
+    comm: CommContext = field(default_factory=CommContext, repr=False, compare=False)
 
     @property
     def tp_rank(self) -> int:
@@ -59,6 +63,11 @@ def init_parallel_state(cfg: ParallelConfig, device_type: str | None = None) -> 
     )
 
 
+def _axis(rank, group, size):
+    """The get_<axis>_rank / _group / _world_size methods of one mesh axis, read from the ParallelState."""
+    return (lambda mpu: rank(mpu.s)), (lambda mpu: group(mpu.s)), (lambda mpu: size(mpu.s))
+
+
 class DeepSpeedMPU:
     """The model-parallel unit DeepSpeed queries (``deepspeed.initialize(..., mpu=...)``).
 
@@ -70,44 +79,16 @@ class DeepSpeedMPU:
         self.s = state
 
     # model (= tensor) parallel
-    def get_model_parallel_rank(self):
-        return self.s.tp_rank
-
-    def get_model_parallel_group(self):
-        return self.s.tp_group
-
-    def get_model_parallel_world_size(self):
-        return self.s.tp
-
+    get_model_parallel_rank, get_model_parallel_group, get_model_parallel_world_size = _axis(
+        lambda s: s.tp_rank, lambda s: s.tp_group, lambda s: s.tp)
     get_tensor_model_parallel_rank = get_model_parallel_rank
     get_tensor_model_parallel_group = get_model_parallel_group
     get_tensor_model_parallel_world_size = get_model_parallel_world_size
-
     # data parallel
-    def get_data_parallel_rank(self):
-        return self.s.dp_rank
-
-    def get_data_parallel_group(self):
-        return self.s.dp_group
-
-    def get_data_parallel_world_size(self):
-        return self.s.dp
-
+    get_data_parallel_rank, get_data_parallel_group, get_data_parallel_world_size = _axis(
+        lambda s: s.dp_rank, lambda s: s.dp_group, lambda s: s.dp)
     # sequence (= context) parallel, and DP x CP
-    def get_sequence_parallel_rank(self):
-        return self.s.cp_rank
-
-    def get_sequence_parallel_group(self):
-        return self.s.cp_group
-
-    def get_sequence_parallel_world_size(self):
-        return self.s.cp
-
-    def get_sequence_data_parallel_rank(self):
-        return dist.get_rank(self.s.dp_cp_group)
-
-    def get_sequence_data_parallel_group(self):
-        return self.s.dp_cp_group
-
-    def get_sequence_data_parallel_world_size(self):
-        return self.s.dp * self.s.cp
+    get_sequence_parallel_rank, get_sequence_parallel_group, get_sequence_parallel_world_size = _axis(
+        lambda s: s.cp_rank, lambda s: s.cp_group, lambda s: s.cp)
+    get_sequence_data_parallel_rank, get_sequence_data_parallel_group, get_sequence_data_parallel_world_size = _axis(
+        lambda s: dist.get_rank(s.dp_cp_group), lambda s: s.dp_cp_group, lambda s: s.dp * s.cp)

@@ -1,20 +1,8 @@
-"""Apply tensor (and Megatron sequence) parallelism to a plain ``xLSTMLM`` from outside.
+"""Losses, logits and TP-independent state dicts of a tensor-parallel ``xLSTMLM``.
 
-The plain model is built on every rank from the same seed (or loaded from a TP=1 checkpoint); this
-module swaps its projections for column/row-parallel ones, slices per-head/per-channel parameters to
-the local heads, and adds the collectives at region boundaries with forward hooks. Parameter names
-stay those of the plain model, so a TP=N model holds exactly the TP=1 weights, sliced.
-
-Regions per block (SP = sequence parallel: activations between regions are split along the sequence):
-- paper mLSTM layer: proj_up is column-parallel ([x_m; z] split by heads), conv/q/k/v/norm/skip are
-  local to the heads, the gates on concat(q, k, v) reduce-scatter partial pre-activations to the local
-  heads (B*S*NH floats), proj_down is row-parallel.
-- paper sLSTM layer (no output projection): the input is split by channels (heads) on entry and
-  gathered back on exit; the gated FFN after it is column/row-parallel.
-- large mLSTM layer and SwiGLU: input entered once, q/k/v/o/i/f and up/gate column-parallel,
-  out/down projections row-parallel.
-- embedding: vocab-parallel; LM head: column-parallel over the vocabulary (logits stay sharded; use
-  ``vocab_parallel_cross_entropy`` or ``gather_logits``).
+How the model is sharded is the plan in ``plan.py`` (``parallelize_model`` is defined there and re-exported
+here); the LM head's logits stay sharded over the vocabulary: use ``lm_loss`` (``vocab_parallel_cross_entropy``)
+or ``gather_logits``.
 """
 
 from __future__ import annotations
@@ -23,127 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from xlstm_pretrain.model.blocks_large import LargeBlock
-from xlstm_pretrain.model.blocks_paper import PaperMLSTMBlock, PaperSLSTMBlock
 from xlstm_pretrain.model.components import soft_cap
 from xlstm_pretrain.model.lm import xLSTMLM
 
-from .config import ParallelConfig, check_layout
-from .layers import (ColumnParallelLinear, HeadParallelGate, RowParallelLinear, VocabParallelEmbedding,
-                     enter_tp_region, mark_sequence_parallel_, shard_parameter_, shard_tensor, unshard_tensors)
+from .layers import shard_tensor, unshard_tensors
 from .loss import vocab_parallel_cross_entropy
-from .mappings import gather_from_tp, sequence_to_tp, split_to_tp, tp_to_sequence
-from .state import ParallelState
+from .mappings import gather_from_tp
+from .plan import parallelize_model
 
-
-def parallelize_model(model: xLSTMLM, state: ParallelState) -> xLSTMLM:
-    """Shard ``model`` in place for ``state.tp`` ranks (no-op for tp=1)."""
-    model.parallel_state = state
-    if state.tp == 1:
-        return model
-    check_layout(model.cfg, ParallelConfig(state.tp, state.cp, state.sequence_parallel), state.tp * state.cp * state.dp)
-    tied = model.cfg.tie_embeddings
-    model.embedding = VocabParallelEmbedding(model.embedding, state)
-    for block in model.blocks:
-        if isinstance(block, PaperMLSTMBlock):
-            _parallelize_paper_mlstm(block, state)
-        elif isinstance(block, PaperSLSTMBlock):
-            _parallelize_paper_slstm(block, state)
-        elif isinstance(block, LargeBlock):
-            _parallelize_large(block, state)
-        else:
-            raise TypeError(f"no tensor-parallel plan for block type {type(block).__name__}")
-    model.lm_head = ColumnParallelLinear(model.lm_head, state)
-    if tied:
-        model.lm_head.weight = model.embedding.weight
-    for p in model.out_norm.parameters():
-        mark_sequence_parallel_(p, state)
-    return model
-
-
-def _enter_hook(state):
-    def hook(module, args):
-        return (enter_tp_region(args[0], state), *args[1:])
-
-    return hook
-
-
-def _shard_conv(conv, state: ParallelState) -> None:
-    """A depthwise conv over channels that belong to heads: keep the local heads' channels."""
-    shard_parameter_(conv, "weight", state, 0)
-    shard_parameter_(conv, "bias", state, 0)
-    conv.channels //= state.tp
-
-
-def _parallelize_paper_mlstm(block: PaperMLSTMBlock, state: ParallelState) -> None:
-    tp = state.tp
-    for p in block.norm.parameters():
-        mark_sequence_parallel_(p, state)
-    layer = block.mlstm
-    layer.proj_up = ColumnParallelLinear(layer.proj_up, state, chunks=2)  # [x_m; z], each split by heads
-    layer.inner_dim //= tp
-    layer.num_heads //= tp
-    _shard_conv(layer.conv, state)
-    for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
-        shard_parameter_(proj, "weight", state, 0)
-        proj.num_blocks //= tp
-    layer.igate = HeadParallelGate(layer.igate, state, input_chunks=3)  # input is [q; k; v]
-    layer.fgate = HeadParallelGate(layer.fgate, state, input_chunks=3)
-    shard_parameter_(layer.outnorm, "weight", state, 0)
-    layer.outnorm.num_heads //= tp
-    shard_parameter_(layer, "learnable_skip", state, 0)
-    layer.proj_down = RowParallelLinear(layer.proj_down, state)
-
-
-def _parallelize_paper_slstm(block: PaperSLSTMBlock, state: ParallelState) -> None:
-    tp = state.tp
-    for norm in (block.norm, block.ffn_norm):
-        for p in norm.parameters():
-            mark_sequence_parallel_(p, state)
-    layer = block.slstm
-    if layer.conv is not None:
-        _shard_conv(layer.conv, state)
-    for gate in (layer.igate, layer.fgate, layer.zgate, layer.ogate):
-        shard_parameter_(gate, "weight", state, 0)
-        gate.num_blocks //= tp
-    shard_parameter_(layer, "recurrent_kernel", state, 1)
-    shard_parameter_(layer, "bias", state, 1)
-    shard_parameter_(layer.group_norm, "weight", state, 0)
-    layer.group_norm.num_heads //= tp
-    layer.num_heads //= tp
-    # The sLSTM has no projection: its heads read and write a slice of the channels. Enter by keeping
-    # the local channels (with SP: all-to-all from sequence shards), leave by gathering them back.
-    group = state.tp_group
-    if state.sequence_parallel:
-        layer.register_forward_pre_hook(lambda m, args: (sequence_to_tp(args[0], group), *args[1:]))
-        layer.register_forward_hook(lambda m, args, out: (tp_to_sequence(out[0], group), out[1]))
-    else:
-        layer.register_forward_pre_hook(lambda m, args: (split_to_tp(args[0], group), *args[1:]))
-        layer.register_forward_hook(lambda m, args, out: (gather_from_tp(out[0], group), out[1]))
-    ffn = block.ffn
-    ffn.proj_up = ColumnParallelLinear(ffn.proj_up, state, chunks=2)  # [gate; up]
-    ffn.hidden //= tp
-    ffn.proj_down = RowParallelLinear(ffn.proj_down, state)
-
-
-def _parallelize_large(block: LargeBlock, state: ParallelState) -> None:
-    tp = state.tp
-    for norm in (block.norm_mlstm, block.norm_ffn):
-        for p in norm.parameters():
-            mark_sequence_parallel_(p, state)
-    layer = block.mlstm_layer
-    layer.register_forward_pre_hook(_enter_hook(state))  # one entry for six projections of the same input
-    for name in ("q", "k", "v", "ogate_preact", "igate_preact", "fgate_preact"):
-        setattr(layer, name, ColumnParallelLinear(getattr(layer, name), state, enter_region=False))
-    shard_parameter_(layer.multihead_norm, "weight", state, 0)
-    layer.multihead_norm.num_heads //= tp
-    layer.num_heads //= tp
-    layer.out_proj = RowParallelLinear(layer.out_proj, state)
-    ffn = block.ffn
-    ffn.register_forward_pre_hook(_enter_hook(state))
-    ffn.proj_up_gate = ColumnParallelLinear(ffn.proj_up_gate, state, enter_region=False)
-    ffn.proj_up = ColumnParallelLinear(ffn.proj_up, state, enter_region=False)
-    ffn.proj_down = RowParallelLinear(ffn.proj_down, state)
+__all__ = ["fused_loss_applies", "gather_full_state_dict", "gather_logits", "lm_loss", "lm_loss_from_hidden",
+           "load_full_state_dict", "parallelize_model"]
 
 
 # ---- loss and logits ----------------------------------------------------------------------------
@@ -154,7 +31,8 @@ def lm_loss(model: xLSTMLM, logits: torch.Tensor, labels: torch.Tensor, ignore_i
     state = getattr(model, "parallel_state", None)
     if state is None or state.tp == 1:
         return vocab_parallel_cross_entropy(logits, labels, None, 0, ignore_index)
-    return vocab_parallel_cross_entropy(logits, labels, state.tp_group, model.embedding.vocab_start, ignore_index)
+    return vocab_parallel_cross_entropy(logits, labels, state.tp_group, model.embedding.vocab_start, ignore_index,
+                                        state.comm)
 
 
 def fused_loss_applies(model: xLSTMLM) -> bool:
@@ -193,7 +71,7 @@ def lm_loss_from_hidden(model: xLSTMLM, hidden: torch.Tensor, labels: torch.Tens
 def gather_logits(model: xLSTMLM, logits: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary logits on every rank (for evaluation and tests; training never needs this)."""
     state = getattr(model, "parallel_state", None)
-    return logits if state is None or state.tp == 1 else gather_from_tp(logits, state.tp_group)
+    return logits if state is None or state.tp == 1 else gather_from_tp(logits, state.tp_group, state.comm)
 
 
 # ---- TP-independent state dicts -----------------------------------------------------------------
