@@ -271,20 +271,23 @@ def test_slstm_fw_bw_matches_reference(case):
     print(f"\n[slstm fp32 vs fp64, rel. max err] {case}: " + ", ".join(report))
 
 
-@pytest.mark.parametrize("DH", [16, 80])
-def test_slstm_bf16_inputs(DH):
+@pytest.mark.parametrize("dtype,DH", [(torch.bfloat16, 16), (torch.bfloat16, 80), (torch.float16, 16),
+                                      (torch.float16, 80)])
+def test_slstm_half_inputs(dtype, DH):
+    """bf16: bf16 tensor-core products; fp16: tf32 products (see triton_utils.mm)."""
     xs, reset, weights = slstm_problem(2, 20 if DH < 64 else 10, 2 if DH < 64 else 1, DH)
-    xs = [x.to(torch.bfloat16).float() if j < 3 else x for j, x in enumerate(xs)]
+    xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
     ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
-    tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=torch.bfloat16)
-    assert tri_o[0].dtype == torch.bfloat16 and tri_g[1].dtype == torch.bfloat16 and tri_o[1].dtype == torch.float32
+    tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=dtype)
+    assert tri_o[0].dtype == dtype and tri_g[1].dtype == dtype and tri_o[1].dtype == torch.float32
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
     report = []
     for name, a, b in zip(["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"],
                           tri_o + tri_g, ref_o + ref_g):
         err = rel_err(a, b)
         report.append(f"{name} {err:.1e}")
-        assert err < 3e-2, f"bf16 {name}: {err:.2e}"
-    print(f"\n[slstm bf16 vs fp64, DH={DH}] " + ", ".join(report))
+        assert err < tol, f"{dtype} {name}: {err:.2e}"
+    print(f"\n[slstm {dtype} vs fp64, DH={DH}] " + ", ".join(report))
 
 
 def test_slstm_backend_dispatch_and_signature():
