@@ -391,8 +391,9 @@ def test_hooks_from_the_environment(tmp_path):
     (tmp_path / "my_hooks.py").write_text(
         "def install(hooks):\n    hooks.micro_batch_loss.append(lambda step, loss: loss * step)\n"
         "import pathlib\n"
+        "SEEN = pathlib.Path(__file__).parent / 'seen'\n"
         "def install_more(hooks):\n"
-        "    hooks.after_step.append(lambda step, loss: (pathlib.Path(__file__).parent / 'seen').write_text(f'{step} {loss}'))\n")
+        "    hooks.after_step.append(lambda step, loss: SEEN.write_text(f'{step} {loss}'))\n")
     assert hooks_from_env({}).micro_batch_loss == []
     hooks = hooks_from_env({HOOKS_ENV: f"{tmp_path / 'my_hooks.py'}:install, {tmp_path / 'my_hooks.py'}:install_more"})
     assert hooks.transform_loss(3, torch.tensor(2.0)).item() == 6.0

@@ -9,13 +9,14 @@
                        anything is written); the model (seeded, TP-sharded), AdamW with the weight-decay
                        groups, the DeepSpeed ZeRO engine; resume from the latest complete checkpoint
                        (--resume auto) or start fresh
-    announce()         config.yaml, deepspeed_config.json, what runs where; the data stream from the resume point
+    start()            config.yaml, deepspeed_config.json, what runs where; the data stream from the resume point
     train_step()       lr from the schedule; the step's global batch (train.batch_size_rampup, then
                        train.global_batch_size) as micro-batches forward/backward (DeepSpeed accumulates,
                        reduces, clips and steps at the boundary; a non-finite loss or gradient norm makes it
                        skip the update)
     record_step()      progress counters, the train row (metrics.jsonl, stdout, wandb) or the skipped step
-    validate_if_due()  validation at FLOP milestones, intervals and the end
+    validate_if_due()  validation at FLOP milestones, intervals and the end; eval.tasks (downstream tasks through
+                       lm-evaluation-harness: downstream/in_training.py) at milestones and the end
     checkpoint_if_due()
     hooks.on_step_done()  test/debug callbacks (hooks.py; XLSTM_TRAIN_HOOKS for the command line)
     finish()           summary.json, loss.png
@@ -37,15 +38,16 @@ import torch.distributed as dist
 
 import xlstm_kernels
 from xlstm_pretrain.config import ConfigError, dump_yaml
+from xlstm_pretrain.downstream.in_training import DownstreamEvaluator
 
 from . import setup
 from .batch_schedule import BatchSchedule
 from .checkpoint import Checkpointer, Progress
 from .config import check_run
-from .validation import crossed_milestone, evaluate, validation_slice
 from .hooks import TrainerHooks, hooks_from_env
 from .metrics import GateTelemetry, MetricsLogger, Window, device_mfu, memory_gib, plot_metrics, training_flops_per_token
 from .optim import LRSchedule, set_lr
+from .validation import crossed_milestone, evaluate, validation_slice
 
 
 class NonFiniteStop(RuntimeError):
@@ -78,7 +80,7 @@ def micro_batch_loss(engine, batch: dict, device, autocast, state) -> torch.Tens
 def train(cfg, resume: str = "auto", local_rank: int | None = None, hooks: TrainerHooks | None = None) -> dict:
     """Train ``cfg`` to ``train.steps``; returns the run summary (also written to RUN_DIR/summary.json)."""
     trainer = Trainer(cfg, resume, local_rank, hooks or TrainerHooks())
-    trainer.announce()
+    trainer.start()
     while trainer.progress.step < cfg.train.steps:
         result = trainer.train_step()
         trainer.record_step(result)
@@ -122,6 +124,7 @@ class Trainer:
         self.grad_accum = check_run(cfg, self.rt.world_size)  # of train.global_batch_size (the engine is built with it)
         self.batch_schedule = BatchSchedule.from_config(t)
         self.data = setup.build_data(cfg)
+        self.downstream = DownstreamEvaluator.from_config(cfg)  # eval.tasks: each loads now, or a ConfigError
         self.state = init_parallel_state(cfg.parallel, self.rt.device.type)
         self.run_dir = Path(t.run_dir)
         self.checkpointer = Checkpointer(cfg, None, None, self.rt, self.state, self.data.tokenizer_sha256, hooks)
@@ -149,10 +152,13 @@ class Trainer:
             cfg.model.backend, self.rt.device, cfg.model.mlstm_form, cfg.model.chunk_size)
         self.slstm_backend = xlstm_kernels.resolve_backend(cfg.model.backend, self.rt.device,
                                                            chunk_size=cfg.model.chunk_size)[0]
+        self.telemetry = GateTelemetry(self.model) if cfg.logging.gate_telemetry else None
+        self.window = Window()  # train rows average over the steps since the last one
+        self.batches = None  # the data stream, opened by start() at the resume point
 
     # ---- before the first step -------------------------------------------------------------------
 
-    def announce(self) -> None:
+    def start(self) -> None:
         """Write config.yaml and deepspeed_config.json, print what runs where, and open the data stream."""
         from xlstm_pretrain.data import GlobalBatchSampler, build_dataloader
         from xlstm_pretrain.model import count_params
@@ -187,8 +193,6 @@ class Trainer:
                                      first_step=progress.step)
         self.batches = iter(build_dataloader(self.data.train, sampler, cfg.data.num_workers,
                                              pin_memory=cfg.data.pin_memory and rt.device.type == "cuda"))
-        self.telemetry = GateTelemetry(self.model) if cfg.logging.gate_telemetry else None
-        self.window = Window()
 
     # ---- one step --------------------------------------------------------------------------------
 
@@ -292,12 +296,15 @@ class Trainer:
                "val_ppl": math.exp(min(val_loss, 700.0)), "val_tokens": val_tokens, "reason": reason}
         if milestone is not None:
             row["milestone_flops"] = milestone
+        if self.downstream is not None and self.downstream.due(reason, milestone):
+            row.update(self.downstream.run(self.engine.module, self.rt.device, self.autocast))
+            self.logger.print(f"step {r.step:>7d} | {self.downstream.describe(row)}")
         self.logger.row(row)
         self.logger.print(f"step {r.step:>7d} | validation loss {val_loss:.4f} ppl {row['val_ppl']:.2f} "
                           f"({val_tokens:,} tokens, {reason}) | {progress.flops:.3e} FLOPs")
         self.last_val_loss = val_loss
 
-    # ---- checkpoint ------------------------------------------------------------------------------
+    # ---- checkpoint at intervals and the end -----------------------------------------------------
 
     def checkpoint_if_due(self, r: StepResult) -> None:
         c = self.cfg.checkpoint
