@@ -1,6 +1,7 @@
 """Training: ``python -m xlstm_pretrain.train --config RUN.yaml [key=value ...]`` (under torchrun or deepspeed).
 
-    trainer.py     the training loop, top to bottom (main, train)
+    trainer.py     the training loop, top to bottom (main, train; one Trainer method per part of a step)
+    hooks.py       TrainerHooks: test/debug callbacks in the loop (XLSTM_TRAIN_HOOKS for the command line)
     config.py      TrainConfig, OptimConfig, CheckpointConfig, LoggingConfig, EvalConfig; cross-section checks
     setup.py       process group and device, config loading, data and tokenizer checks, the DeepSpeed engine
     optim.py       AdamW weight-decay groups and learning-rate schedules
