@@ -15,6 +15,8 @@ Megatron sequence parallelism (activations split along dim 1 = sequence between 
 
 Context parallelism (CP group, sequence split contiguously across ranks):
     all_gather_stack           fwd all-gather into a new leading dim    bwd reduce-scatter
+    sequence_to_heads          fwd all-to-all sequence -> head shards   bwd the inverse all-to-all
+    heads_to_sequence          fwd all-to-all head -> sequence shards   bwd the inverse all-to-all
     recv_from_previous         fwd recv state from rank-1               bwd send its gradient to rank-1
     send_to_next               fwd send state to rank+1                 bwd recv its gradient from rank+1
 
@@ -34,7 +36,6 @@ outlives one call - there is no module-level state here:
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -98,7 +99,6 @@ class CommContext:
     def __init__(self):
         self.log: list[CommRecord] | None = None
         self.replay: CommReplay | None = None
-        _LIVE_CONTEXTS.add(self)  # TRANSITIONAL (see checkpoint_context)
 
     def record(self, name: str, t: torch.Tensor, group, kind: str) -> None:
         if self.log is not None:
@@ -143,27 +143,6 @@ def checkpoint_context_fn(model):
     forward and replayed in the recompute (a model without a parallel state sends none)."""
     state = getattr(model, "parallel_state", None)
     return (state.comm if state is not None else CommContext()).checkpoint_context
-
-
-# TRANSITIONAL: train/setup.py still passes the zero-argument ``checkpoint_context``; once it passes
-# ``checkpoint_context_fn(model)`` (requested), this registry and that function go.
-_LIVE_CONTEXTS: weakref.WeakSet[CommContext] = weakref.WeakSet()
-
-
-@contextlib.contextmanager
-def _entered(managers: Callable[[], list]):
-    with contextlib.ExitStack() as stack:
-        for manager in managers():
-            stack.enter_context(manager)
-        yield
-
-
-def checkpoint_context():
-    """TRANSITIONAL zero-argument ``context_fn``: records / replays on every live CommContext (each sees
-    only its own model's messages). Use ``checkpoint_context_fn(model)``."""
-    replays = [CommReplay(comm) for comm in list(_LIVE_CONTEXTS)]
-    return (_entered(lambda: [r.recording() for r in replays]),
-            _entered(lambda: [r.replaying() for r in replays]))
 
 
 def forward_message(comm: CommContext | None, name: str, run):
