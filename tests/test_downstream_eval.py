@@ -312,3 +312,74 @@ def test_tensor_parallel_scores_and_generation_equal_one_process(setup):
         assert [g for _, g in scores] == [g for _, g in want]
         assert [lp for lp, _ in scores] == pytest.approx([lp for lp, _ in want], abs=1e-9)
         assert torch.equal(tokens, want_tokens)
+
+
+# ---- eval.tasks in training ---------------------------------------------------------------------------
+
+
+@needs_lm_eval
+def test_eval_tasks_config_is_checked_before_training_and_runs_on_the_flop_grid(setup, tmp_path):
+    from xlstm_pretrain.config import Config
+    from xlstm_pretrain.downstream.in_training import DownstreamEvaluator
+
+    def cfg(**eval_keys):
+        c = Config()
+        c.train.tokenizer = str(setup.root / "tokenizer.json")
+        for k, v in eval_keys.items():
+            setattr(c.eval, k, v)
+        return c
+
+    assert DownstreamEvaluator.from_config(cfg()) is None  # no tasks: nothing is imported or loaded
+    broken = tmp_path / "broken"  # (an unknown name would make lm-eval index its own tasks: ~30 s)
+    write_task(broken, [{"context": "a", "choices": ["b", "c"], "label": 0}], "broken_task")
+    (broken / "broken_task.jsonl").unlink()
+    with pytest.raises(ConfigError, match="lm-eval task 'broken_task' does not load"):
+        DownstreamEvaluator.from_config(cfg(tasks=["broken_task"], task_paths=[str(broken)]))
+    no_tokenizer = cfg(tasks=[TASK], task_paths=[str(setup.tasks)])
+    no_tokenizer.train.tokenizer = None
+    with pytest.raises(ConfigError, match="eval.tasks needs train.tokenizer"):
+        DownstreamEvaluator.from_config(no_tokenizer)
+    with pytest.raises(ConfigError, match="tasks_every must be >= 1"):
+        cfg(tasks_every=0).eval.validate()
+    downstream = DownstreamEvaluator.from_config(cfg(tasks=[TASK], task_paths=[str(setup.tasks)],
+                                                     flop_milestones_per_decade=4, tasks_every=2))
+    # milestones 10^(k/4): tasks at even k (1e10, 1e10.5, ...), and always at the end; never at intervals
+    assert [downstream.due("milestone", 10 ** (k / 4)) for k in (40, 41, 42, 43)] == [True, False, True, False]
+    assert downstream.due("end", None) and not downstream.due("interval", None)
+    # a run's model at the end: the row keys the trainer adds (metrics.jsonl, wandb val/downstream/...)
+    model = setup.model.float()
+    row = downstream.run(model, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    assert set(row) == {f"downstream/{TASK}/acc", f"downstream/{TASK}/acc_norm", "downstream/seconds"}
+    assert model.training is False and downstream.describe(row).startswith(f"downstream: {TASK}/acc ")
+
+
+@pytest.mark.slow  # the trainer data, a training run and two evaluations (~2 min on 2 busy cores)
+@needs_lm_eval
+def test_training_logs_task_accuracy_that_the_standalone_evaluation_reproduces(tmp_path_factory, tmp_path):
+    """eval.tasks in a real run: the end row of metrics.jsonl carries the task metrics, and
+    ``evaluate --tasks`` on the saved checkpoint gives the same numbers; a misspelt task stops the run
+    before anything is written."""
+    from train_utils import metrics, output, prepare_data, python_module, tiny_overrides
+
+    from xlstm_pretrain.downstream.local_task import read_texts
+    from xlstm_pretrain.evaluate import evaluate_tasks
+
+    data = prepare_data(tmp_path_factory.getbasetemp() / "train_data")  # shared with the trainer tests
+    corpus = tmp_path_factory.getbasetemp() / "train_data" / "corpus" / "validation"
+    tasks = write_task(tmp_path / "tasks", cloze_docs(read_texts(corpus), 12, context_words=12,
+                                                      continuation_words=2), "stdlib_cloze")
+    run = tmp_path / "run"
+    # model.context_length is lm-eval's max_length (left truncation, as its hf model does on the export)
+    keys = {"eval.tasks": "[stdlib_cloze]", "eval.task_paths": f"[{tasks}]", "train.steps": 4,
+            "model.context_length": 256}
+    proc = python_module("xlstm_pretrain.train", tiny_overrides(data, run, **keys), timeout=300)
+    assert proc.returncode == 0, output(proc)
+    end = [r for r in metrics(run, "val") if r["reason"] == "end"][0]
+    assert "downstream: stdlib_cloze/acc " in proc.stdout
+    standalone = evaluate_tasks(run, ["stdlib_cloze"], include_path=tasks)["tasks"]["stdlib_cloze"]
+    assert {m: end[f"downstream/stdlib_cloze/{m}"] for m in ("acc", "acc_norm")} == pytest.approx(standalone)
+
+    bad = tmp_path / "bad"
+    proc = python_module("xlstm_pretrain.train", tiny_overrides(data, bad, **{**keys, "eval.tasks": "[stdlib_clozee]"}))
+    assert proc.returncode == 2 and "config error: unknown lm-eval task(s) ['stdlib_clozee']" in proc.stderr, output(proc)
+    assert not bad.exists()

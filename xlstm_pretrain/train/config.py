@@ -5,7 +5,7 @@
     optim:      {lr, betas, eps, weight_decay, grad_clip, schedule, warmup_steps, decay_steps, ...}
     checkpoint: {interval, keep_last, consolidated, consolidated_dtype}
     logging:    {interval, wandb, wandb_project, wandb_run_name, gate_telemetry}
-    eval:       {interval, flop_milestones_per_decade, samples, ...}
+    eval:       {interval, flop_milestones_per_decade, samples, ..., tasks, task_paths, tasks_every, ...}
 
 Each section validates itself when loaded (``config_loader.build_dataclass``); ``check_run`` adds the
 checks that involve several sections and the number of processes. Every problem is a ``ConfigError``.
@@ -182,12 +182,30 @@ class EvalConfig:
     samples: int = 512  # validation windows per evaluation, spread over the split (0: the whole split)
     micro_batch_size: int | None = None  # default: train.micro_batch_size
     at_end: bool = True
+    # Downstream tasks (lm-evaluation-harness, the optional extra `eval`; xlstm_pretrain/downstream/):
+    # lm-eval task names (e.g. [lambada_openai, hellaswag, piqa, arc_easy, arc_challenge, winogrande]) or
+    # tasks of the local YAML folders in task_paths. They run with the validation at every tasks_every-th
+    # FLOP milestone (10^(k/per_decade) with k divisible by tasks_every) and at the end; results go into the
+    # val rows of metrics.jsonl and wandb as downstream/<task>/<metric>. Every task is loaded (its data too)
+    # before training starts: a misspelt or unreachable task is a config error, not a failure at step 10,000.
+    tasks: list[str] = field(default_factory=list)
+    task_paths: list[str] = field(default_factory=list)  # folders of lm-eval task YAML files
+    tasks_every: int = 1
+    tasks_limit: int | None = None  # documents per task (None: all)
+    tasks_num_fewshot: int | None = None  # None: zero-shot (the paper's setting)
+    tasks_batch_size: int = 16  # contexts (and continuations) per forward
 
     def validate(self) -> None:
         _need(self.interval >= 0 and self.flop_milestones_per_decade >= 0,
               "interval and flop_milestones_per_decade must be >= 0")
         _need(self.samples >= 0, f"samples must be >= 0, got {self.samples}")
         _need(self.micro_batch_size is None or self.micro_batch_size > 0, "micro_batch_size must be positive")
+        _need(len(set(self.tasks)) == len(self.tasks) and all(t.strip() for t in self.tasks),
+              f"tasks must be distinct, non-empty names, got {self.tasks}")
+        _need(self.tasks_every >= 1, f"tasks_every must be >= 1, got {self.tasks_every}")
+        _need(self.tasks_limit is None or self.tasks_limit > 0, f"tasks_limit must be positive, got {self.tasks_limit}")
+        _need(self.tasks_num_fewshot is None or self.tasks_num_fewshot >= 0, "tasks_num_fewshot must be >= 0")
+        _need(self.tasks_batch_size > 0, f"tasks_batch_size must be positive, got {self.tasks_batch_size}")
 
 
 # ---- checks across sections ---------------------------------------------------------------------
