@@ -7,8 +7,9 @@
 #   bash launch/quickstart.sh                      # the whole thing
 #   bash launch/quickstart.sh train.steps=50       # extra arguments are config overrides for the trainer
 #   bash launch/quickstart.sh train.steps=20       # shorter than the 25 warm-up steps: they are shortened (a note says so)
-#   bash launch/quickstart.sh --downstream         # then a zero-shot task table (lm-evaluation-harness) on a local
-#                                                  # multiple-choice task written from the held-out corpus
+#   bash launch/quickstart.sh --downstream         # + a local multiple-choice task written from the held-out corpus,
+#                                                  # evaluated (lm-evaluation-harness) during training (eval.tasks)
+#                                                  # and at the end: milestone table, accuracy vs FLOPs plot
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOWNSTREAM=0
@@ -28,6 +29,12 @@ mkdir -p "$DATA"
 
 echo "== 1/5 corpus: Python standard library sources and docstrings, SlimPajama jsonl.zst layout"
 $PY tools/stdlib_corpus.py --output "$DATA/corpus" --max-mb 4
+downstream=()  # trainer overrides for --downstream (after the user's, which cannot undo them)
+if [ "$DOWNSTREAM" = 1 ]; then
+    export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1  # a local task: nothing to download
+    $PY -m xlstm_pretrain.downstream.local_task --texts "$DATA/corpus/validation" --out "$OUT/tasks" --docs 100
+    downstream=("eval.tasks=[local_cloze]" "eval.task_paths=[$OUT/tasks]" eval.tasks_every=2 eval.tasks_limit=40)
+fi
 echo "== 2/5 tokenizer: byte-level BPE, 2048 ids"
 $PY -m data_prep.train_tokenizer --input "$DATA/corpus/train" --vocab-size 2048 --output "$DATA/tokenizer.json"
 echo "== 3/5 tokenize into Megatron shards (+ manifest with the tokenizer's sha256)"
@@ -37,7 +44,8 @@ $PY -m data_prep.tokenize --tokenizer "$DATA/tokenizer.json" --input "$DATA/corp
 echo "== 4/5 train: 2 processes, TP=2, DeepSpeed ZeRO-1 (configs/quickstart.yaml)"
 # optim.fit_short_runs: a train.steps=N shorter than the warm-up gets a shorter warm-up (noted) instead of an error
 .venv/bin/torchrun --standalone --nproc_per_node 2 -m xlstm_pretrain.train --config configs/quickstart.yaml \
-    --resume none optim.fit_short_runs=true "$@" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)|FutureWarning|return func|^W[0-9]{4} "
+    --resume none optim.fit_short_runs=true "$@" ${downstream[@]+"${downstream[@]}"} 2>&1 \
+    | grep -v -E "^\[.*(WARNING|INFO)|FutureWarning|return func|^W[0-9]{4} |it/s\]|^Generating"
 echo "== 5/5 evaluate the final checkpoint on the whole validation split"
 $PY -m xlstm_pretrain.evaluate --checkpoint "$OUT/train" --unigram-baseline eval.samples=0 \
     --output "$OUT/eval.json" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)"
@@ -64,8 +72,9 @@ PY
 
 if [ "$DOWNSTREAM" = 1 ]; then
     echo "== downstream: a 4-way cloze task from the held-out corpus (chance 0.25), through lm-evaluation-harness"
-    export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1  # a local task: nothing to download
-    $PY -m xlstm_pretrain.downstream.local_task --texts "$DATA/corpus/validation" --out "$OUT/tasks" --docs 100
+    echo "-- during training (40 documents, every second FLOP milestone and the end):"
+    $PY -m xlstm_pretrain.downstream.table "$OUT/train" --metric all --plot "$OUT/train/downstream.png"
+    echo "-- the final checkpoint, all 100 documents:"
     $PY -m xlstm_pretrain.evaluate --checkpoint "$OUT/train" --tasks local_cloze --include-path "$OUT/tasks" \
         --output "$OUT/downstream.json" 2>&1 | grep -v -E "^\[.*(WARNING|INFO)|it/s\]|^Generating"
 fi
