@@ -208,6 +208,30 @@ def test_exported_hf_folder_through_lm_eval_hf_gives_the_same_numbers(setup, our
 
 
 @needs_lm_eval
+def test_exported_large_family_folder_through_lm_eval_hf_gives_the_same_numbers(setup, tmp_path):
+    """The large family exports to transformers' own xLSTMForCausalLM (no remote code)."""
+    from lm_eval.api.registry import get_model
+
+    from xlstm_pretrain.downstream.lm_eval_adapter import XLSTMEvalLM
+    from xlstm_pretrain.downstream.tasks import run_tasks, summarize
+    from xlstm_pretrain.export import save_plain_checkpoint
+    from xlstm_pretrain.export.hf import export_to_hf
+
+    cfg = tiny_cfg("large", embedding_dim=128)  # transformers' cache wants qk head dims that are multiples of 64
+    eod = setup.tok.token_to_id(EOD)
+    save_plain_checkpoint(perturbed(build_model(cfg)), cfg, tmp_path / "ckpt", tokenizer_file=setup.root / "tokenizer.json",
+                          token_ids={"bos_token_id": eod, "eos_token_id": eod})
+    export_to_hf(tmp_path / "ckpt", tmp_path / "hf")
+    ours = run_tasks(XLSTMEvalLM.from_checkpoint(tmp_path / "ckpt", dtype="float64"), [TASK],
+                     include_path=setup.tasks, log_samples=True)
+    hf = get_model("hf").create_from_arg_string(f"pretrained={tmp_path / 'hf'}", {"batch_size": 4, "device": "cpu"})
+    theirs = run_tasks(hf, [TASK], include_path=setup.tasks, log_samples=True)
+    for want, got in zip(request_scores(ours), request_scores(theirs)):  # transformers computes in fp32
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+    assert summarize(theirs)[TASK] == pytest.approx(summarize(ours)[TASK])
+
+
+@needs_lm_eval
 def test_loglikelihood_rolling_and_generate_until(setup):
     from xlstm_pretrain.downstream.lm_eval_adapter import XLSTMEvalLM
 
