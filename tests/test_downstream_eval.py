@@ -349,6 +349,7 @@ def test_eval_tasks_config_is_checked_before_training_and_runs_on_the_flop_grid(
     def cfg(**eval_keys):
         c = Config()
         c.train.tokenizer = str(setup.root / "tokenizer.json")
+        c.data.validation = [{"path": "tokens", "split": "val"}]  # (not opened here)
         for k, v in eval_keys.items():
             setattr(c.eval, k, v)
         return c
@@ -363,6 +364,10 @@ def test_eval_tasks_config_is_checked_before_training_and_runs_on_the_flop_grid(
     no_tokenizer.train.tokenizer = None
     with pytest.raises(ConfigError, match="eval.tasks needs train.tokenizer"):
         DownstreamEvaluator.from_config(no_tokenizer)
+    no_validation = cfg(tasks=[TASK], task_paths=[str(setup.tasks)])
+    no_validation.data.validation = []
+    with pytest.raises(ConfigError, match="eval.tasks run together with the validation"):
+        DownstreamEvaluator.from_config(no_validation)
     with pytest.raises(ConfigError, match="tasks_every must be >= 1"):
         cfg(tasks_every=0).eval.validate()
     downstream = DownstreamEvaluator.from_config(cfg(tasks=[TASK], task_paths=[str(setup.tasks)],

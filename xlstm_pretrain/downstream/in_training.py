@@ -34,6 +34,8 @@ class DownstreamEvaluator:
         if not cfg.train.tokenizer:
             raise ConfigError("eval.tasks needs train.tokenizer (the tokenizer.json the data was made with): "
                               "downstream tasks are text")
+        if not cfg.data.validation:
+            raise ConfigError("eval.tasks run together with the validation, which needs data.validation shards")
         if not (e.flop_milestones_per_decade or e.at_end):
             raise ConfigError("eval.tasks run at FLOP milestones and at the end: set eval.flop_milestones_per_decade "
                               "> 0 or eval.at_end=true")
