@@ -431,9 +431,11 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
     r_sum = tl.sum(tl.where(cont, dlog_init, 0.0), 0)  # goes to m_c
     dlb = dlog_init + tl.where(t == L - 1, gw, 0.0)
     sum_a = tl.sum(A, 0)
-    tl.debug_barrier()  # the stores of col / rows - col above came from other threads' layout
-    di = tl.load(di_ptr + tok) + A
-    db = tl.load(dlf_ptr + tok) - A + tl.where(t == L - 1, sum_a, 0.0)
+    # the stores of col / rows - col above came from other threads (another layout): a CTA barrier, and .cg
+    # loads (from L2, not a possibly stale L1 line)
+    tl.debug_barrier()
+    di = tl.load(di_ptr + tok, cache_modifier=".cg") + A
+    db = tl.load(dlf_ptr + tok, cache_modifier=".cg") - A + tl.where(t == L - 1, sum_a, 0.0)
     if HAS_RESET:  # lb_t sums lf over t's segment: dlf_s += sum of dlb_t over t >= s in s's segment
         in_seg = (t[None, :] <= t[:, None]) & (seg[None, :] == seg[:, None])  # same_ts, rebuilt here
         dlf = tl.cumsum(db, 0, reverse=True) + tl.sum(tl.where(in_seg, dlb[:, None], 0.0), 0)
