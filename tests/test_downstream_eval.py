@@ -409,6 +409,8 @@ def test_training_logs_task_accuracy_that_the_standalone_evaluation_reproduces(t
     assert {m: end[f"downstream/stdlib_cloze/{m}"] for m in ("acc", "acc_norm")} == pytest.approx(standalone)
 
     bad = tmp_path / "bad"
-    proc = python_module("xlstm_pretrain.train", tiny_overrides(data, bad, **{**keys, "eval.tasks": "[stdlib_clozee]"}))
+    # (a name not in task_paths makes lm-eval index its own ~15,000 tasks first: half a minute or more)
+    proc = python_module("xlstm_pretrain.train", tiny_overrides(data, bad, **{**keys, "eval.tasks": "[stdlib_clozee]"}),
+                         timeout=300)
     assert proc.returncode == 2 and "config error: unknown lm-eval task(s) ['stdlib_clozee']" in proc.stderr, output(proc)
     assert not bad.exists()
