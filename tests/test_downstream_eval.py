@@ -200,10 +200,9 @@ def test_exported_hf_folder_through_lm_eval_hf_gives_the_same_numbers(setup, our
     hf = get_model("hf").create_from_arg_string(f"pretrained={setup.hf},trust_remote_code=True,dtype=float64",
                                                 {"batch_size": 4, "device": "cpu"})
     results = run_tasks(hf, [TASK], include_path=setup.tasks, log_samples=True)
-    # the remote code computes its cells, norms and logits in fp32 whatever the weights' dtype: agreement
-    # to fp32 rounding (relative 1e-6 of log-likelihoods of about -10 to -40)
+    # dtype=float64: the remote code then computes cells, norms and logits in fp64, as ours does
     for want, got in zip(request_scores(ours), request_scores(results)):
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+        assert got == pytest.approx(want, rel=0, abs=1e-9)
     assert summarize(results)[TASK] == pytest.approx(ours["tasks"][TASK])
 
 

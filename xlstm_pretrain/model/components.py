@@ -49,6 +49,12 @@ def set_fused_ops(model: nn.Module, fused_ops: str) -> None:
 # ---- norms --------------------------------------------------------------------------------------
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 for half-precision (and fp32) tensors, unchanged in fp64: reductions never lose precision,
+    and an fp64 model (evaluation, reference tests) stays fp64 end to end."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class LayerNorm(nn.Module):
     """LayerNorm without bias over the last dim.
 
@@ -69,8 +75,8 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_ops == "fla" and use_fla(x):
             return fused_fla.layer_norm(x, self.scale(), self.eps)
-        y = F.layer_norm(x.float(), (self.dim,), eps=self.eps)
-        return (y * self.scale().float()).to(x.dtype)
+        y = F.layer_norm(upcast(x), (self.dim,), eps=self.eps)
+        return (y * upcast(self.scale())).to(x.dtype)
 
     def reset_parameters(self):
         nn.init.zeros_(self.weight) if self.residual_weight else nn.init.ones_(self.weight)
@@ -89,7 +95,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_ops == "fla" and use_fla(x):
             return fused_fla.rms_norm(x, self.weight, self.eps)
-        xf = x.float()
+        xf = upcast(x)
         y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return y * self.weight
 
@@ -117,8 +123,8 @@ class MultiHeadLayerNorm(nn.Module):
         scale = 1.0 + self.weight if self.residual_weight else self.weight
         if self.fused_ops == "fla" and use_fla(x):
             return fused_fla.multihead_layer_norm(x, scale, self.eps)
-        y = F.layer_norm(x.float(), (DH,), eps=self.eps).reshape(B, S, NH * DH)
-        return (y * scale.float()).to(x.dtype)
+        y = F.layer_norm(upcast(x), (DH,), eps=self.eps).reshape(B, S, NH * DH)
+        return (y * upcast(scale)).to(x.dtype)
 
     def reset_parameters(self):
         nn.init.zeros_(self.weight) if self.residual_weight else nn.init.ones_(self.weight)

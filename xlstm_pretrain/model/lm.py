@@ -9,7 +9,7 @@ from torch import nn
 
 from .blocks_large import LargeBlock
 from .blocks_paper import PaperMLSTMBlock, PaperSLSTMBlock
-from .components import LayerNorm, RMSNorm, set_fused_ops, small_init_, soft_cap
+from .components import LayerNorm, RMSNorm, set_fused_ops, small_init_, soft_cap, upcast
 from .config import ModelConfig
 
 
@@ -77,7 +77,7 @@ class xLSTMLM(nn.Module):
             return (hidden, new_state) if return_state else hidden
         logits = self.lm_head(self.out_norm(x))
         if self.cfg.family == "large":
-            logits = soft_cap(logits.float(), self.cfg.logit_soft_cap)
+            logits = soft_cap(upcast(logits), self.cfg.logit_soft_cap)
         return (logits, new_state) if return_state else logits
 
 

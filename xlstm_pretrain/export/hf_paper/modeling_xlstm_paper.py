@@ -32,6 +32,11 @@ from .configuration_xlstm_paper import xLSTMPaperConfig
 # ---- small layers -------------------------------------------------------------------------------
 
 
+def compute_dtype(dtype):
+    """fp32 for half (and fp32) tensors, fp64 for fp64 ones."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class ResidualLayerNorm(nn.Module):
     """LayerNorm without bias whose scale is stored as an offset from 1 (the paper family), fp32 reductions."""
 
@@ -41,8 +46,9 @@ class ResidualLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        y = F.layer_norm(x.float(), (self.dim,), eps=self.eps)
-        return (y * (1.0 + self.weight.float())).to(x.dtype)
+        cdt = compute_dtype(x.dtype)
+        y = F.layer_norm(x.to(cdt), (self.dim,), eps=self.eps)
+        return (y * (1.0 + self.weight.to(cdt))).to(x.dtype)
 
 
 class MultiHeadLayerNorm(nn.Module):
@@ -55,8 +61,9 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, x):
         B, S, NH, DH = x.shape
-        y = F.layer_norm(x.float(), (DH,), eps=self.eps).reshape(B, S, NH * DH)
-        return (y * (1.0 + self.weight.float())).to(x.dtype)
+        cdt = compute_dtype(x.dtype)
+        y = F.layer_norm(x.to(cdt), (DH,), eps=self.eps).reshape(B, S, NH * DH)
+        return (y * (1.0 + self.weight.to(cdt))).to(x.dtype)
 
 
 class CausalConv1d(nn.Module):
@@ -105,7 +112,8 @@ class GatedFeedForward(nn.Module):
 
 
 # ---- cells --------------------------------------------------------------------------------------
-# Gates, m and n are fp32 whatever the model dtype (a half-precision stabiliser loses the sequence).
+# Gates, m and n are fp32 for half-precision models (a half-precision stabiliser loses the sequence), fp64 for
+# fp64 models (so that `dtype=float64` evaluations are fp64 end to end).
 
 
 def mlstm_zero_state(B, NH, DHQK, DHV, device):
@@ -119,10 +127,11 @@ def mlstm_chunk(q, k, v, i, f, state, eps):
     q, k (B, NH, S, DHQK); v (B, NH, S, DHV); i, f (B, NH, S) gate pre-activations (exponential input
     gate, sigmoid forget gate). q is scaled by 1/sqrt(DHQK); states hold unscaled k. Returns (h, state).
     """
-    C0, n0, m0 = state
+    cdt = compute_dtype(q.dtype)
+    C0, n0, m0 = (s.to(cdt) for s in state)
     S, DHQK = q.shape[2], q.shape[3]
-    q, k, v, i = q.float(), k.float(), v.float(), i.float()
-    log_f = F.logsigmoid(f.float())
+    q, k, v, i = q.to(cdt), k.to(cdt), v.to(cdt), i.to(cdt)
+    log_f = F.logsigmoid(f.to(cdt))
     below = torch.ones(S, S, dtype=torch.bool, device=q.device).tril(-1)
     causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
     # log_F[t, s] = sum of log f over (s, t], built by masked sums (no differences of long cumsums)
@@ -160,11 +169,12 @@ def slstm_zero_state(B, NH, DH, device):
 def slstm_sequence(wx, R, b, state):
     """sLSTM recurrence. wx (B, S, 4, NH, DH) input pre-activations of gates (i, f, z, o); R (4, NH, DH, DH):
     gate g of head h adds y_{t-1}[h] @ R[g, h]; b (4, NH, DH). state = (y, c, n, m). Returns (y, state)."""
-    y, c, n, m = state
-    R, b = R.float(), b.float()
+    cdt = compute_dtype(wx.dtype)
+    y, c, n, m = (s.to(cdt) for s in state)
+    R, b = R.to(cdt), b.to(cdt)
     ys = []
     for t in range(wx.shape[1]):
-        raw = wx[:, t].float() + torch.einsum("bhd,ghde->bghe", y, R) + b
+        raw = wx[:, t].to(cdt) + torch.einsum("bhd,ghde->bghe", y, R) + b
         i, f, z, o = raw.unbind(1)
         log_f = F.logsigmoid(f)
         m_new = torch.where(n == 0, i, torch.maximum(i, log_f + m))  # a fresh state has no stabiliser yet
@@ -435,7 +445,8 @@ class xLSTMPaperForCausalLM(xLSTMPaperPreTrainedModel, GenerationMixin):
         cache = pick_cache(cache, past_key_values, cache_params, kwargs)
         out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                             attention_mask=attention_mask, return_dict=True)
-        logits = self.lm_head(out.last_hidden_state).float()
+        logits = self.lm_head(out.last_hidden_state)
+        logits = logits.to(compute_dtype(logits.dtype))
         loss = None
         if labels is not None:  # next-token loss, labels aligned with input_ids (-100 = ignore)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
