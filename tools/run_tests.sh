@@ -19,6 +19,7 @@ REFERENCE_TESTS=(
     tests/test_slstm_cell.py                # xlstm's sLSTM cell
     tests/test_kernels_fla.py               # flash-linear-attention kernels
     tests/test_fused_ops_fla.py
+    tests/test_downstream_eval.py           # lm-evaluation-harness drives our model and our HF exports
 )
 
 if [ "${1:-}" = "--latest" ]; then
