@@ -77,13 +77,16 @@ def main():
     ap.add_argument("--cp", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--B", type=int, default=1)
+    ap.add_argument("--blocks", nargs="+", default=["mlstm", "slstm", "slstm-relay"],
+                    choices=["mlstm", "slstm", "slstm-relay"], help="which rows to measure")
     a = ap.parse_args()
     print(f"one paper block, B={a.B}, S={a.S}, d={a.d}, {a.heads} heads, fp32, forward+backward, median of {a.reps}; "
           f"CPU, one thread per rank")
     print(f"| block | CP=1 time | CP={a.cp} per-rank times | worst rank / CP=1 (ideal {1 / a.cp:.2f}) "
           f"| CP=1 matmul GFLOP | CP={a.cp} per-rank GFLOP |")
     print("|---|---|---|---|---|---|")
-    for kind, relay in (("mlstm", False), ("slstm", False), ("slstm", True)):
+    rows = {"mlstm": ("mlstm", False), "slstm": ("slstm", False), "slstm-relay": ("slstm", True)}
+    for kind, relay in (rows[name] for name in a.blocks):
         (t1, f1), = run_distributed(time_block, 1, kind, 1, a.S, a.d, a.heads, a.chunk, a.reps, a.B)
         per_rank = run_distributed(time_block, a.cp, kind, a.cp, a.S, a.d, a.heads, a.chunk, a.reps, a.B, relay)
         worst = max(t for t, _ in per_rank)

@@ -6,9 +6,9 @@ communicates (or waits inside a collective), for the sLSTM layout switch and for
 A paper model of one mLSTM block and one sLSTM block runs forward and backward under CP (gloo ranks, one
 thread each). Every ``torch.distributed`` call the parallel code makes is timed on one monotonic clock
 shared by the ranks (same machine); the time between calls is compute. Two layouts of the sLSTM are drawn:
-the head all-to-all (``slstm_num_heads`` divisible by CP: every rank runs the whole sequence for its heads,
-at the same time as the others) and the state relay (heads that do not divide: rank r waits for rank r-1's
-final state, so the sLSTM layer runs one rank after the other, a staircase). The figure has one row per
+the head all-to-all (every rank runs the whole sequence for its NH/CP heads, at the same time as the
+others) and the state relay (what runs where heads do not divide by CP, forced here on the same model: rank r
+waits for rank r-1's final state, so the sLSTM layer runs one rank after the other, a staircase). The figure has one row per
 rank and layout; the printed table gives each rank's compute and communication/wait time. With fewer
 cores than ranks the ranks also wait for the scheduler: read the staircase, not the absolute times.
 """
@@ -39,7 +39,7 @@ def _timed(events, name, fn):
     return wrapper
 
 
-def trace_step(cp, S, d, heads, slstm_heads, chunk, B):
+def trace_step(cp, S, d, heads, slstm_heads, chunk, B, relay=False):
     """On each rank: (label, start, end) of every collective of one forward+backward after a warm-up, and the
     (start, backward start, end) of the step, on the shared monotonic clock."""
     import torch.distributed as dist
@@ -52,6 +52,9 @@ def trace_step(cp, S, d, heads, slstm_heads, chunk, B):
     cfg = ModelConfig(family="paper", vocab_size=256, embedding_dim=d, num_blocks=2, num_heads=heads,
                       slstm_num_heads=slstm_heads, slstm_at=[1], chunk_size=chunk)
     model = apply_context_parallel(build_model(cfg), state)
+    for module in model.modules():
+        if hasattr(module, "relay_only"):  # the sLSTM's CP wrapper: relay the state even where heads divide
+            module.relay_only = relay
     ids = torch.randint(0, cfg.vocab_size, (B, S), generator=torch.Generator().manual_seed(1))
     local = shard_sequence(dict(input_ids=ids), state)["input_ids"]
 
@@ -133,14 +136,12 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--B", type=int, default=1)
+    ap.add_argument("--slstm-heads", type=int, default=None, help="default: --cp (must divide by it)")
     ap.add_argument("--out", default="cp_timeline.png")
     a = ap.parse_args()
-    relay_heads = next(h for h in (2, 1, 3) if h % a.cp and a.d % h == 0)  # heads that do not divide by CP
-    layouts = {
-        f"all-to-all ({a.cp} sLSTM heads)": run_distributed(trace_step, a.cp, a.cp, a.S, a.d, a.heads, a.cp,
-                                                             a.chunk, a.B),
-        f"relay ({relay_heads} sLSTM heads)": run_distributed(trace_step, a.cp, a.cp, a.S, a.d, a.heads, relay_heads,
-                                                               a.chunk, a.B),
+    layouts = {  # the same model (heads divisible by CP) in both layouts; the relay is forced
+        name: run_distributed(trace_step, a.cp, a.cp, a.S, a.d, a.heads, a.slstm_heads or a.cp, a.chunk, a.B, relay)
+        for name, relay in (("all-to-all", False), ("relay", True))
     }
     print(f"CP={a.cp}, B={a.B}, S={a.S}, d={a.d}, {a.heads} mLSTM heads, fp32, forward+backward of one mLSTM and one "
           f"sLSTM block; CPU, one thread per rank")
