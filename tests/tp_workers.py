@@ -30,6 +30,16 @@ def batch(B=2, S=16, V=64, seed=123):
 GRAD_RTOL = 2e-5
 
 
+def assert_cp_matches_single_process(r: dict) -> None:
+    """A ``cp_equivalence`` result: nothing resent in recompute, logits, loss and the final state to 1e-5, every
+    gradient to GRAD_RTOL of its own scale (tests/test_context_parallel*.py)."""
+    assert r["resent"] == 0
+    assert r["logits"] < 1e-5 and r["loss"] < 1e-5
+    assert r["grad_rel_norm"] < GRAD_RTOL, f"gradient of {r['worst_grad_rel_norm']}: {r['grad_rel_norm']:.2e}"
+    assert r["grad_rel_max"] < GRAD_RTOL, f"gradient of {r['worst_grad_rel_max']}: {r['grad_rel_max']:.2e}"
+    assert r["state"] < 1e-5  # the final state after the whole sequence (TBPTT across steps)
+
+
 def gradient_errors(grads, ref_grads):
     """Per parameter, the error of ``grads`` against ``ref_grads`` relative to that gradient's OWN scale:
     ``rel_norm`` = ||a - b|| / ||b|| and ``rel_max`` = max|a - b| / max|b| (elementwise, with the absolute
