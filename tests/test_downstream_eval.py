@@ -369,11 +369,18 @@ def test_eval_tasks_config_is_checked_before_training_and_runs_on_the_flop_grid(
         DownstreamEvaluator.from_config(no_validation)
     with pytest.raises(ConfigError, match="tasks_every must be >= 1"):
         cfg(tasks_every=0).eval.validate()
+    for layout in ("context_parallel", "sequence_parallel"):  # scoring runs whole contexts on every rank
+        sharded = cfg(tasks=[TASK], task_paths=[str(setup.tasks)])
+        setattr(sharded.parallel, layout, 2 if layout == "context_parallel" else True)
+        with pytest.raises(ConfigError, match="eval.tasks needs parallel.context_parallel=1"):
+            DownstreamEvaluator.from_config(sharded)
     downstream = DownstreamEvaluator.from_config(cfg(tasks=[TASK], task_paths=[str(setup.tasks)],
                                                      flop_milestones_per_decade=4, tasks_every=2))
     # milestones 10^(k/4): tasks at even k (1e10, 1e10.5, ...), and always at the end; never at intervals
     assert [downstream.due("milestone", 10 ** (k / 4)) for k in (40, 41, 42, 43)] == [True, False, True, False]
     assert downstream.due("end", None) and not downstream.due("interval", None)
+    # the last step can cross an off-grid milestone: the end still runs the tasks
+    assert downstream.due("milestone", 10 ** (41 / 4), at_end=True) and downstream.due("interval", None, at_end=True)
     # a run's model at the end: the row keys the trainer adds (metrics.jsonl, wandb val/downstream/...)
     model = setup.model.float()
     row = downstream.run(model, torch.device("cpu"), torch.autocast("cpu", enabled=False))

@@ -109,9 +109,14 @@ def test_applying_a_plan_twice_raises():
     tp = parallelize_model(build_model(tiny("paper"), device="meta"), rank_view(2, 0))
     with pytest.raises(RuntimeError, match="already tensor-parallel"):
         parallelize_model(tp, rank_view(2, 0))
-    single = parallelize_model(build_model(tiny("large"), device="meta"), rank_view(1, 0))  # TP=1: annotated only
+    plain = build_model(tiny("large"), device="meta")
+    single = parallelize_model(plain, rank_view(1, 0))  # TP=1: a fresh annotated root, nothing sharded
     with pytest.raises(RuntimeError, match="already tensor-parallel"):
         parallelize_model(single, rank_view(1, 0))
+    # degree 1 leaves the plain model plain: CP=1 then TP=2 on it is fine
+    assert single is not plain and not hasattr(plain, "parallel_plans")
+    assert apply_context_parallel(plain, cp_view(1)) is not plain and not hasattr(plain, "parallel_plans")
+    parallelize_model(plain, rank_view(2, 0))
     cp = apply_context_parallel(tp, cp_view(2))
     with pytest.raises(RuntimeError, match="already context-parallel"):
         apply_context_parallel(cp, cp_view(2))

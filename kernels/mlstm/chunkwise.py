@@ -44,8 +44,8 @@ def mlstm_chunkwise(
     q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
     log_f = F.logsigmoid(f.to(cdt))
     i = i.to(cdt)
-    if reset is not None and not bool(reset.any()):
-        reset = None  # the reset-free path skips the segment bookkeeping
+    if reset is not None and reset.device.type == "cpu" and not bool(reset.any()):
+        reset = None  # the reset-free path skips the segment bookkeeping (on CPU: no device sync to find out)
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
         log_f = F.pad(log_f, (0, pad), value=0.0)  # padding forgets nothing ...

@@ -189,6 +189,13 @@ def _intra_weights(q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, 
 # ---------------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------------
+def tune_bucket(BH: int) -> int:
+    """The ``BH`` the kernels receive: B*NH rounded up to a power of two. It is only an autotune key (how many
+    programs run decides the best tiles), bucketed so that every new batch size (evaluation, generation, a
+    ragged last batch) does not start a new autotune search."""
+    return triton.next_power_of_2(BH)
+
+
 @maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, nall_ptr, mall_ptr,
@@ -518,7 +525,7 @@ def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
     has_reset = rs is not None
     _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, BH, DHQK=DHQK, DHV=DHV,
+        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, tune_bucket(BH), DHQK=DHQK, DHV=DHV,
         L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
     return C_all, n_all, m_all
 
@@ -539,7 +546,7 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     emu = INTERPRET
     meta = _meta(DHQK, DHV)
     _fw_output[(BH, NC)](
-        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, BH, DHQK**-0.5, eps,
+        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, tune_bucket(BH), DHQK**-0.5, eps,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     return h, C_all, n_all, m_all, m_row, den
 
@@ -565,7 +572,7 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     dC_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
     dn_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
     _bw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, BH, scale,
+        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, tune_bucket(BH), scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
@@ -577,10 +584,10 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     chunk = torch.empty(BH, NC, 4, dtype=f32, device=dev)
     _bw_dqk[(BH, NC)](
         q, k, v, dh, lf, ig, rs_arg, C_all, n_all, m_all, dC_all, dn_all, rden, dden, dmrow, dq, dk,
-        di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, BH, scale,
+        di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, tune_bucket(BH), scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     _bw_dv[(BH, NC)](
-        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, BH, scale,
+        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, tune_bucket(BH), scale,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     di = torch.empty_like(di_loc)
     dlf = torch.empty_like(di_loc)

@@ -15,6 +15,7 @@ preallocated chunk-major buffer in forward and one in backward:
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 class _LinearStateScan(torch.autograd.Function):
@@ -31,6 +32,7 @@ class _LinearStateScan(torch.autograd.Function):
         return states[:NC].movedim(0, 2), states[NC]
 
     @staticmethod
+    @once_differentiable  # the backward writes into preallocated buffers: no double backward
     def backward(ctx, d_before, d_last):
         a, states = ctx.saved_tensors
         NC = a.shape[-1]

@@ -36,15 +36,24 @@ class DownstreamEvaluator:
                               "downstream tasks are text")
         if not cfg.data.validation:
             raise ConfigError("eval.tasks run together with the validation, which needs data.validation shards")
+        p = cfg.parallel
+        if p.context_parallel > 1 or p.sequence_parallel:
+            # scoring runs whole contexts on every rank: under CP a rank's input would be taken as a later
+            # slice of one sequence, and SP needs lengths divisible by TP (python -m xlstm_pretrain.evaluate
+            # loads any checkpoint without them)
+            raise ConfigError("eval.tasks needs parallel.context_parallel=1 and parallel.sequence_parallel=false "
+                              f"(got context_parallel={p.context_parallel}, sequence_parallel={p.sequence_parallel}); "
+                              "evaluate the checkpoints with python -m xlstm_pretrain.evaluate --tasks instead")
         if not (e.flop_milestones_per_decade or e.at_end):
             raise ConfigError("eval.tasks run at FLOP milestones and at the end: set eval.flop_milestones_per_decade "
                               "> 0 or eval.at_end=true")
         return cls(cfg, check_tasks(e.tasks, e.task_paths or None))
 
-    def due(self, reason: str, milestone: float | None) -> bool:
-        """At the end, and at every ``eval.tasks_every``-th FLOP milestone 10^(k/per_decade) (k % every == 0):
-        a function of the FLOP grid, so resumed and uninterrupted runs evaluate at the same points."""
-        if reason == "end":
+    def due(self, reason: str, milestone: float | None, at_end: bool = False) -> bool:
+        """At the end (``at_end``: the run's last step with eval.at_end, whatever else it crossed), and at every
+        ``eval.tasks_every``-th FLOP milestone 10^(k/per_decade) (k % every == 0): a function of the FLOP grid,
+        so resumed and uninterrupted runs evaluate at the same points."""
+        if at_end or reason == "end":
             return True
         if reason != "milestone" or milestone is None:
             return False

@@ -40,11 +40,7 @@ def model_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Full-vocabulary logits from output-normed hidden states (``model(..., return_hidden=True)``):
     the LM head (vocab-parallel under TP: gathered), and the large family's logit soft cap, as
     ``xLSTMLM.forward`` applies them. Lets a caller compute logits only where it reads them."""
-    from xlstm_pretrain.model.components import soft_cap
-
-    logits = model.lm_head(hidden)
-    if model.cfg.family == "large":
-        logits = soft_cap(logits.float(), model.cfg.logit_soft_cap)
+    logits = model.logits_from_hidden(hidden)
     state = getattr(model, "parallel_state", None)
     if state is None or state.tp == 1:
         return logits

@@ -96,25 +96,27 @@ def run_tasks(lm, names: Sequence[str], *, include_path=None, manager=None, limi
 
     names = parse_task_list(names)
     manager = manager or task_manager(names, include_path)
-    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        loaded = manager.load(list(names))
-        for task in loaded["tasks"].values():
-            configured = task.get_config("num_fewshot")
-            if num_fewshot is not None and configured != 0:
-                task.set_config(key="num_fewshot", value=num_fewshot)
-            elif configured is None:
-                task.set_config(key="num_fewshot", value=0)
-            task.set_fewshot_seed(seed=seed)
-        return evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters,
-                        log_samples=log_samples)
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
+    saved = random.getstate(), np.random.get_state()
+    # fork_rng restores the CPU generator and every CUDA generator that torch.manual_seed reseeds
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            loaded = manager.load(list(names))
+            for task in loaded["tasks"].values():
+                configured = task.get_config("num_fewshot")
+                if num_fewshot is not None and configured != 0:
+                    task.set_config(key="num_fewshot", value=num_fewshot)
+                elif configured is None:
+                    task.set_config(key="num_fewshot", value=0)
+                task.set_fewshot_seed(seed=seed)
+            return evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters,
+                            log_samples=log_samples)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
 
 
 def summarize(results: dict[str, Any]) -> dict[str, dict[str, float]]:

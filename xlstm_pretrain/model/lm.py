@@ -75,10 +75,16 @@ class xLSTMLM(nn.Module):
         if return_hidden:
             hidden = self.out_norm(x)
             return (hidden, new_state) if return_state else hidden
-        logits = self.lm_head(self.out_norm(x))
+        logits = self.logits_from_hidden(self.out_norm(x))
+        return (logits, new_state) if return_state else logits
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on output-normed hidden states, and the large family's logit soft cap (in fp32, or
+        fp64 for an fp64 model). Under TP the logits are this rank's vocabulary shard."""
+        logits = self.lm_head(hidden)
         if self.cfg.family == "large":
             logits = soft_cap(upcast(logits), self.cfg.logit_soft_cap)
-        return (logits, new_state) if return_state else logits
+        return logits
 
 
 def swap_parameter_(param: nn.Parameter, data: torch.Tensor) -> None:

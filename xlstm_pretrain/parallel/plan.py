@@ -306,7 +306,7 @@ def _annotate(model: nn.Module, plan: str, state: ParallelState) -> nn.Module:
 
 def parallelize_model(model: nn.Module, state: ParallelState) -> nn.Module:
     """This rank's tensor-parallel model (sequence-parallel too if ``state.sequence_parallel``), built from
-    the plain ``model`` by the plan above; ``model`` itself is returned, annotated, for tp=1. Raises if the
+    the plain ``model`` by the plan above; a fresh annotated root sharing everything, for tp=1. Raises if the
     model is already tensor- or context-parallel."""
     applied = getattr(model, "parallel_plans", ())
     if "tensor" in applied:
@@ -315,8 +315,8 @@ def parallelize_model(model: nn.Module, state: ParallelState) -> nn.Module:
     if "context" in applied:
         raise RuntimeError("parallelize_model: apply tensor parallelism before context parallelism "
                            "(apply_context_parallel(parallelize_model(model, state), state))")
-    if state.tp == 1:
-        return _annotate(model, "tensor", state)
+    if state.tp == 1:  # nothing to shard; a fresh root all the same, so ``model`` stays plain
+        return _annotate(_fresh_copy(model), "tensor", state)
     check_layout(model.cfg, ParallelConfig(state.tp, state.cp, state.sequence_parallel), state.tp * state.cp * state.dp)
     specs = tensor_parallel_specs(model)
     check_plan_covers(model, specs)
@@ -327,13 +327,13 @@ def parallelize_model(model: nn.Module, state: ParallelState) -> nn.Module:
 
 
 def apply_context_parallel(model: nn.Module, state: ParallelState) -> nn.Module:
-    """``model`` with every cell and causal conv wrapped in its context-parallel version (``model`` itself,
-    annotated, for cp=1). CP adds no parameters: the wrapped modules keep theirs, under the same names.
-    Raises if the model is already context-parallel."""
+    """``model`` with every cell and causal conv wrapped in its context-parallel version (for cp=1, a fresh
+    annotated root sharing everything). CP adds no parameters: the wrapped modules keep theirs, under the
+    same names. Raises if the model is already context-parallel."""
     if "context" in getattr(model, "parallel_plans", ()):
         raise RuntimeError("apply_context_parallel: this model is already context-parallel; its cells are "
                            "wrapped once")
-    if state.cp == 1:
-        return _annotate(model, "context", state)
+    if state.cp == 1:  # nothing to wrap; a fresh root all the same, so ``model`` stays plain
+        return _annotate(_fresh_copy(model), "context", state)
     new = apply_plan(model, lambda path, module: CONTEXT_PARALLEL_PLAN.get(type(module)), state)
     return _annotate(new, "context", state)

@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from xlstm_pretrain.model.components import soft_cap
 from xlstm_pretrain.model.lm import xLSTMLM
 
 from .layers import shard_tensor, unshard_tensors
@@ -62,9 +61,7 @@ def lm_loss_from_hidden(model: xLSTMLM, hidden: torch.Tensor, labels: torch.Tens
     weight = model.lm_head.weight
     if cap is None and fused_fla.use_fla(hidden) and not hasattr(weight, "ds_id"):
         return fused_fla.linear_cross_entropy_sum(hidden, weight, labels, cap, ignore_index)
-    logits = model.lm_head(hidden)
-    if cap is not None:
-        logits = soft_cap(logits.float(), cap)
+    logits = model.logits_from_hidden(hidden)
     return vocab_parallel_cross_entropy(logits, labels, None, 0, ignore_index).sum()
 
 

@@ -296,7 +296,8 @@ class Trainer:
                "val_ppl": math.exp(min(val_loss, 700.0)), "val_tokens": val_tokens, "reason": reason}
         if milestone is not None:
             row["milestone_flops"] = milestone
-        if self.downstream is not None and self.downstream.due(reason, milestone):
+        at_end = cfg.eval.at_end and r.step == cfg.train.steps  # the last step may also cross a milestone
+        if self.downstream is not None and self.downstream.due(reason, milestone, at_end):
             row.update(self.downstream.run(self.engine.module, self.rt.device, self.autocast))
             self.logger.print(f"step {r.step:>7d} | {self.downstream.describe(row)}")
         self.logger.row(row)
