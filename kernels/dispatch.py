@@ -8,6 +8,12 @@ reference (``_mlstm_torch`` / ``_slstm_torch`` below; shapes and conventions in 
           chunk_size=64, form="chunkwise")
     slstm(wx, R, b, *, initial_state=None, reset=None, return_final_state=False)
 
+The mLSTM's ``initial_state`` may be a state or a function of the sequence's own summary returning one
+(``mlstm_sequence_summary``: what context parallelism exchanges before a shard knows its initial state).
+The torch chunkwise takes the summary from its own chunk summaries; for every other backend and torch
+form ``mlstm`` / ``_mlstm_torch`` call the function with ``mlstm_sequence_summary`` first
+(``_state_from_summary``), so only the torch backend function ever receives a function.
+
 Registered here (``register_backend``):
   ``torch``   the pure-PyTorch reference (mLSTM forms chunkwise / parallel / recurrent);
   ``triton``  our Triton kernels (``mlstm/chunkwise_triton.py``, ``slstm/recurrent_triton.py``; chunkwise only);
@@ -35,7 +41,7 @@ import torch
 
 from . import selfcheck
 from .fla_runtime import FLA_INSTALL_HINT
-from .mlstm import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
+from .mlstm import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_sequence_summary
 from .mlstm.fla import FLA_CHUNK_SIZES  # the module only: flash-linear-attention is imported on first use
 from .slstm import slstm_recurrent
 
@@ -102,13 +108,22 @@ def _chunkwise_only(backend: str, form: str) -> None:
 MLSTM_TORCH_FORMS = {"chunkwise": mlstm_chunkwise, "parallel": mlstm_parallel, "recurrent": mlstm_recurrent}
 
 
+def _state_from_summary(initial_state, k, v, i, f, reset):
+    """``initial_state`` as a state: a function of the sequence's summary is called with it."""
+    if callable(initial_state):
+        return initial_state(mlstm_sequence_summary(k, v, i, f, reset))
+    return initial_state
+
+
 def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
                  chunk_size=64, form="chunkwise"):
     if form not in MLSTM_TORCH_FORMS:
         raise ValueError(f"mLSTM torch form must be one of {sorted(MLSTM_TORCH_FORMS)}, got {form!r}")
-    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps)
     if q.shape[2] == 1:  # a single token (generation): one recurrent step, whatever the training form
         form = "recurrent"
+    if form != "chunkwise":  # the chunkwise form takes a state function itself (no second pass)
+        initial_state = _state_from_summary(initial_state, k, v, i, f, reset)
+    kwargs = dict(initial_state=initial_state, reset=reset, return_final_state=return_final_state, eps=eps)
     if form == "chunkwise":
         kwargs["chunk_size"] = chunk_size
     return MLSTM_TORCH_FORMS[form](q, k, v, i, f, **kwargs)
@@ -225,13 +240,16 @@ def mlstm(q, k, v, i, f, *, backend="torch", **kwargs):
 
     backend: a name in MLSTM_BACKENDS, or "auto" (``resolve_backend`` picks by q's device).
 
-    kwargs: initial_state, reset, return_final_state, eps, chunk_size, form (torch backend).
+    kwargs: initial_state (a state, or a function of the sequence's summary: see the module docstring),
+    reset, return_final_state, eps, chunk_size, form (torch backend).
     """
     if backend == "auto":
         backend = resolve_backend(backend, q.device, kwargs.get("form", "chunkwise"), kwargs.get("chunk_size"))[0]
     if backend not in MLSTM_BACKENDS:
         raise _unknown_backend("mLSTM", backend, MLSTM_BACKENDS)
     with _without_autocast(q.device):  # every backend (and its torch fallbacks) manages its own precision
+        if backend != "torch" and callable(kwargs.get("initial_state")):
+            kwargs["initial_state"] = _state_from_summary(kwargs["initial_state"], k, v, i, f, kwargs.get("reset"))
         return MLSTM_BACKENDS[backend](q, k, v, i, f, **kwargs)
 
 

@@ -63,3 +63,75 @@ def test_summary_is_one_state_matmul_not_a_cell_pass():
     state_only = 2 * 2 * 256 * 32 * 32  # B*NH heads x 2*S*DK*DV
     assert flops(mlstm_final_state) == 3 * state_only  # 1 forward + 1 backward (d(kw), dv) of k^T v
     assert flops(cell_under_checkpoint) > 2 * flops(mlstm_final_state)
+
+
+@pytest.mark.parametrize("S,chunk,resets", [(37, 8, ()), (37, 8, (0,)), (37, 8, (5, 20)), (37, 8, (36,)),
+                                            (32, 8, (24,)), (40, 16, (15, 16))])
+def test_chunkwise_state_function_gets_the_summary_and_matches_two_passes(S, chunk, resets):
+    """``initial_state=fn``: the torch chunkwise hands fn the summary computed from its chunk summaries
+    (equal to ``mlstm_sequence_summary``, resets on and around chunk edges, ragged S), runs from fn's state,
+    and its gradients (through the summary too) equal the two-pass computation's."""
+    from xlstm_kernels import mlstm_sequence_summary
+    from xlstm_pretrain.parallel.context_parallel import combine_mlstm_state
+
+    k, v, i, f = _inputs(S=S)
+    q = torch.randn_like(k)
+    before = (torch.randn(2, 3, 8, 12, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64),
+              torch.randn(2, 3, 1, dtype=torch.float64))
+    reset = torch.zeros(2, S, dtype=torch.bool)
+    reset[1, list(resets)] = True
+    leaves = [x.requires_grad_() for x in (q, k, v, i, f, *before)]
+    seen = {}
+
+    def state_fn(summary):  # what a CP rank does: its earlier shards (here one state) combined with ...
+        seen["summary"] = summary
+        return combine_mlstm_state(leaves[5:], tuple(s * 0.5 for s in summary))
+
+    h, final = mlstm_chunkwise(*leaves[:5], initial_state=state_fn, reset=reset, return_final_state=True,
+                               chunk_size=chunk)
+    want_summary = mlstm_sequence_summary(*leaves[1:5], reset)
+    for name, a, b in zip(("log_F", "C", "n", "m"), seen["summary"], want_summary):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    h2, final2 = mlstm_chunkwise(*leaves[:5], initial_state=state_fn(want_summary), reset=reset,
+                                 return_final_state=True, chunk_size=chunk)
+    torch.testing.assert_close(h, h2, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(h)
+    loss = lambda h, fs: (h * w).sum() + sum(s.sum() for s in fs)  # noqa: E731
+    g = torch.autograd.grad(loss(h, final), leaves)
+    g2 = torch.autograd.grad(loss(h2, final2), leaves)
+    for name, a, b in zip(("q", "k", "v", "i", "f", "C0", "n0", "m0"), g, g2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name}")
+
+
+def test_state_function_reaches_every_backend_as_a_state():
+    """Forms and backends without the fused summary get the function resolved by the dispatch."""
+    import xlstm_kernels
+
+    k, v, i, f = _inputs(S=16)
+    q = torch.randn_like(k)
+    got = {}
+    for form in ("chunkwise", "parallel", "recurrent"):
+        got[form] = xlstm_kernels.mlstm(q, k, v, i, f, backend="torch", form=form, chunk_size=8,
+                                        initial_state=lambda s: tuple(x.clamp(-50, 50) for x in s[1:]))
+    for form in ("parallel", "recurrent"):
+        torch.testing.assert_close(got[form], got["chunkwise"], rtol=1e-9, atol=1e-9)
+
+
+def test_the_fused_summary_adds_no_pass_over_the_tokens():
+    """The chunkwise cell with a state function costs what it costs with a state, plus the weighted sum
+    of NC chunk summaries (forward and backward): no k^T v over the tokens again."""
+    B, NH, S, DK, DV, chunk = 1, 2, 256, 32, 32, 64
+    k, v, i, f = (x.requires_grad_() for x in _inputs(B=B, NH=NH, S=S, DK=DK, DV=DV, dtype=torch.float32))
+    q = torch.randn_like(k).requires_grad_()
+    zero = (torch.zeros(B, NH, DK, DV), torch.zeros(B, NH, DK), torch.zeros(B, NH, 1))
+
+    def flops(initial_state):
+        with FlopCounterMode(display=False) as counter:
+            h = mlstm_chunkwise(q, k, v, i, f, initial_state=initial_state, chunk_size=chunk)
+            h.sum().backward()
+        return counter.get_total_flops()
+
+    extra = flops(lambda summary: zero) - flops(zero)
+    chunk_sums = 2 * B * NH * (S // chunk) * DK * (DV + 1)  # one weighted sum of the NC chunk summaries
+    assert 0 < extra <= 3 * chunk_sums  # forward + its backward, nothing of size S
+    assert extra < 2 * B * NH * S * DK * DV  # less than a single k^T v over the tokens

@@ -11,6 +11,11 @@ chunks of L tokens:
    per chunk in forward and backward);
 3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk.
 
+``initial_state`` may also be a function of the sequence's own summary (context parallelism: a shard's
+initial state is known only once every shard has sent its summary). The summary, (log F, C, n, m) of the
+sequence alone from an empty start (``summary.mlstm_final_state`` plus the total log forget), is taken in
+closed form from the chunk summaries of step 1, so the shard needs no second pass over its tokens.
+
 The chunk length L is ``chunking.chunk_plan(S, chunk_size).length`` (the rule every backend shares).
 Sequence lengths that are not a multiple of L are padded at the end with inputs that leave the state
 untouched (log f = 0, i = -inf), so outputs and the final state are exact. Document resets inside a
@@ -24,14 +29,18 @@ import torch
 import torch.nn.functional as F
 
 from ..chunking import chunk_plan
-from .naive import MLSTMState, check_inputs, compute_dtype, zero_state
+from .naive import MLSTMState, check_inputs, check_state, compute_dtype, zero_state
 from .state_scan import linear_state_scan
+from .summary import EMPTY_M
 
 
 def mlstm_chunkwise(
     q, k, v, i, f, initial_state: MLSTMState | None = None, reset: torch.Tensor | None = None,
     return_final_state: bool = False, eps: float = 1e-6, chunk_size: int = 64,
 ):
+    state_from_summary = initial_state if callable(initial_state) else None
+    if state_from_summary is not None:
+        initial_state = None
     check_inputs(q, k, v, i, f, initial_state, reset)
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
@@ -52,7 +61,6 @@ def mlstm_chunkwise(
         i = F.pad(i, (0, pad), value=float("-inf"))  # ... and writes nothing
         if reset is not None:
             reset = F.pad(reset, (0, pad), value=False)
-    C0, n0, m0 = zero_state(B, NH, DHQK, DHV, cdt, device) if initial_state is None else (s.to(cdt) for s in initial_state)
 
     q = q.view(B, NH, NC, L, DHQK)
     k = k.view(B, NH, NC, L, DHQK)
@@ -78,8 +86,8 @@ def mlstm_chunkwise(
 
     # ---- chunk summaries: what each chunk alone adds to its end-of-chunk state -------------------
     log_a = log_D[..., -1, :]  # (B, NH, NC, L): log weight of input s in the end-of-chunk state
-    log_a_max = log_a.amax(-1)
-    log_a_max = torch.where(torch.isfinite(log_a_max), log_a_max, 0.0)
+    log_a_top = log_a.amax(-1)  # -inf for a chunk that writes nothing
+    log_a_max = torch.where(torch.isfinite(log_a_top), log_a_top, 0.0)
     w_a = torch.exp(log_a - log_a_max[..., None])
     kw = k * w_a[..., None]
     # C and n travel together as one (DHQK, DHV + 1) matrix through the recurrence (n is C's column for a
@@ -91,6 +99,11 @@ def mlstm_chunkwise(
     else:  # carried state is dropped by a reset, which injects the zero state (m = 0) decayed by exp(log_g)
         log_carry = torch.where(has_reset, float("-inf"), log_g)
         log_floor = torch.where(has_reset, log_g, float("-inf"))
+
+    if state_from_summary is not None:
+        initial_state = state_from_summary(_sequence_summary(Cn_chunk, log_a_top, log_carry, log_floor, DHV))
+        check_state(initial_state, B, NH, DHQK, DHV)
+    C0, n0, m0 = zero_state(B, NH, DHQK, DHV, cdt, device) if initial_state is None else (s.to(cdt) for s in initial_state)
 
     # ---- 2. inter-chunk recurrence: the stabilisers (a scalar per head) then the states -----------
     # Chunks are taken with unbind, not x[..., c]: the backward of an indexing op fills a full-size zero
@@ -127,3 +140,20 @@ def mlstm_chunkwise(
     if not return_final_state:
         return h
     return h, (Cn[..., :DHV], Cn[..., DHV], m[..., None])
+
+
+def _sequence_summary(Cn_chunk, log_a_top, log_carry, log_floor, DHV):
+    """(log F, C, n, m) of the whole sequence from an empty start, from the chunk summaries: chunk c's
+    contribution reaches the end decayed by the carries of the chunks after it (-inf past a reset), and a
+    reset's zero state (m = 0) enters m as the floor, as in the recurrence of step 2 started at m = -inf.
+    Equal to ``summary.mlstm_final_state`` (tests/test_cp_summary.py); costs NC state-sized weighted sums."""
+    suffix = log_carry.flip(-1).cumsum(-1).flip(-1)  # sum_{c' >= c}: log_carry <= 0 or -inf, never +inf
+    after = torch.cat([suffix[..., 1:], torch.zeros_like(suffix[..., :1])], -1)  # sum_{c' > c}
+    log_w = log_a_top + after  # log weight of each chunk's (max-scaled) summary at the end; -inf: none
+    m = log_w.amax(-1, keepdim=True)
+    if log_floor is not None:
+        m = torch.maximum(m, (log_floor + after).amax(-1, keepdim=True))
+    m = torch.clamp(m, min=EMPTY_M)  # nothing written at all: the empty summary's m
+    Cn = torch.einsum("bhc,bhcpq->bhpq", torch.exp(log_w - m), Cn_chunk)
+    log_F = log_carry.sum(-1, keepdim=True)  # total log forget, -inf if a document starts in the sequence
+    return log_F, Cn[..., :DHV], Cn[..., DHV], m

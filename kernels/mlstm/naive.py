@@ -49,8 +49,12 @@ def check_inputs(q, k, v, i, f, initial_state, reset) -> None:
         raise ValueError(f"mLSTM: gates must be (B, NH, S) = {(B, NH, S)}, got i {tuple(i.shape)}, f {tuple(f.shape)}")
     if reset is not None and tuple(reset.shape) != (B, S):
         raise ValueError(f"mLSTM: reset must be (B, S) = {(B, S)}, got {tuple(reset.shape)}")
-    if initial_state is not None:
-        C, n, m = initial_state
+    check_state(initial_state, B, NH, DHQK, DHV)
+
+
+def check_state(state, B, NH, DHQK, DHV) -> None:
+    if state is not None:
+        C, n, m = state
         want = ((B, NH, DHQK, DHV), (B, NH, DHQK), (B, NH, 1))
         got = (tuple(C.shape), tuple(n.shape), tuple(m.shape))
         if got != want:

@@ -50,3 +50,14 @@ def mlstm_final_state(k, v, i, f, reset: torch.Tensor | None = None):
     w = torch.exp(log_a - m)  # (B, NH, S), 0 for cut-off tokens
     kw = k.to(cdt) * w[..., None]
     return kw.transpose(-1, -2) @ v.to(cdt), kw.sum(-2), m
+
+
+def mlstm_sequence_summary(k, v, i, f, reset: torch.Tensor | None = None):
+    """(log F (B, NH, 1), C, n, m): what context parallelism exchanges per shard. log F is the sequence's
+    total log forget (-inf if a document starts in it: nothing before it reaches past it); C, n, m are
+    ``mlstm_final_state``. A chunkwise cell given ``initial_state=fn`` calls ``fn`` with this summary."""
+    C, n, m = mlstm_final_state(k, v, i, f, reset)
+    log_F = F.logsigmoid(f.to(compute_dtype(k.dtype))).sum(-1, keepdim=True)
+    if reset is not None:
+        log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)
+    return log_F, C, n, m

@@ -2,8 +2,10 @@
 runs its chunkwise kernel on its shard, and the recurrent state crosses shard boundaries.
 
 - mLSTM (linear recurrence, xlstm_pretrain/REFERENCE.md §1): each rank summarises its shard as (log F, C, n, m) - the
-  state its shard alone produces from an empty start (``xlstm_kernels.mlstm_final_state``: one weighted
-  k^T v, not a pass of the cell), and its total log-forget (-inf if a document starts in it). One
+  state its shard alone produces from an empty start, and its total log-forget (-inf if a document starts
+  in it; ``xlstm_kernels.mlstm_sequence_summary``). The cell is given a function of that summary as its
+  initial state: the torch chunkwise computes the summary from its own chunk summaries (no second pass
+  over the shard), other backends from one weighted k^T v (not a pass of the cell). One
   all-gather of the summaries (B*NH*(DHQK*DHV + DHQK + 2) floats per rank and layer; a barrier per
   layer) lets every rank prefix-combine the earlier shards into its initial state without waiting for
   their cells; the shard is then run from that state. Backward mirrors it through autograd: the all-gather's
@@ -30,7 +32,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-import xlstm_kernels
 from xlstm_pretrain.config_loader import ConfigError
 from xlstm_pretrain.model.cells import MLSTMCell, SLSTMCell
 from xlstm_pretrain.model.components import CausalConv1d
@@ -69,31 +70,34 @@ class ContextParallelMLSTMCell(_ContextParallelCell):
         B, NH, S, DHQK = q.shape
         DHV = v.shape[-1]
         cdt = torch.promote_types(q.dtype, torch.float32)
-        # 1. this shard's summary, from an empty state: the state alone (one weighted k^T v per head and
-        # its backward), not the whole cell (kernels/mlstm/summary.py)
-        C_s, n_s, m_s = xlstm_kernels.mlstm_final_state(k, v, i, f, reset)
-        log_F = F.logsigmoid(f.to(cdt)).sum(-1, keepdim=True)  # (B, NH, 1)
-        if reset is not None:  # a document starting in this shard cuts everything before it
-            log_F = torch.where(reset.any(-1)[:, None, None], float("-inf"), log_F)
-        packed = torch.cat([log_F, m_s, n_s, C_s.flatten(-2)], dim=-1)
-        gathered = all_gather_stack(packed, group, self.comm)  # (world, B, NH, 2 + DHQK + DHQK*DHV)
+        if state is None:
+            state = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
+                     q.new_zeros(B, NH, 1, dtype=cdt))
+        exchanged = {}
 
         def unpack(p):
             return p[..., :1], p[..., 2 + DHQK :].view(B, NH, DHQK, DHV), p[..., 2 : 2 + DHQK], p[..., 1:2]
 
-        # 2. prefix-combine the earlier shards into this shard's initial state, run the shard from it
-        if state is None:
-            state = (q.new_zeros(B, NH, DHQK, DHV, dtype=cdt), q.new_zeros(B, NH, DHQK, dtype=cdt),
-                     q.new_zeros(B, NH, 1, dtype=cdt))
-        carried = state
-        for j in range(rank):
-            log_F_j, C_j, n_j, m_j = unpack(gathered[j])
-            carried = combine_mlstm_state(carried, (log_F_j, C_j, n_j, m_j))
-        h, _ = self.local(q, k, v, i, f, carried, reset, False)
+        def initial_state_from(summary):
+            """1. this shard's summary (log F, C, n, m), from an empty start: the torch chunkwise takes it
+            from its own chunk summaries, other backends from one weighted k^T v (kernels/mlstm/summary.py);
+            all-gathered, the earlier shards' summaries prefix-combine into this shard's initial state."""
+            log_F, C_s, n_s, m_s = summary
+            packed = torch.cat([log_F, m_s, n_s, C_s.flatten(-2)], dim=-1).to(cdt)
+            gathered = exchanged["gathered"] = all_gather_stack(packed, group, self.comm)  # (world, B, NH, ...)
+            carried = state
+            for j in range(rank):
+                carried = combine_mlstm_state(carried, unpack(gathered[j]))
+            exchanged["carried"] = carried
+            return carried
+
+        # 2. the shard runs from that state
+        h, _ = self.local(q, k, v, i, f, initial_state_from, reset, False)
+        gathered = exchanged["gathered"]
         h = depend_on(h, gathered)  # every rank takes part in the gather's backward (rank 0 uses none of it)
         if not return_state:
             return h, None
-        final = carried  # the state after the whole sequence (identical on every CP rank)
+        final = exchanged["carried"]  # the state after the whole sequence (identical on every CP rank)
         for j in range(rank, world):
             final = combine_mlstm_state(final, unpack(gathered[j]))
         return h, final
