@@ -6,6 +6,7 @@ compiled kernels on CUDA. Every gradient is compared with autograd of the fp64 t
 max errors are printed (run with -s), next to the error of the fp32 torch reference for scale.
 """
 
+import importlib.util
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -392,10 +393,11 @@ def test_kernels_compile_for_sm90_without_gpu():
         pytest.skip(f"triton has no CUDA backend here: {e}")
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("triton's bundled cuobjdump is missing: no register / spill report")
-    sys.path.insert(0, str(REPO / "tools" / "bench"))
-    import kernels as bench
-
+    # by path, under its own name: "kernels" may already name the repository's kernels/ package here
     script = REPO / "tools" / "bench" / "kernels.py"
+    spec = importlib.util.spec_from_file_location("bench_kernels", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     out = subprocess.run([sys.executable, str(script), "--aot-check", "--aot-quick"], capture_output=True, text=True,
                          timeout=1200, env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"})
     print(out.stdout[-8000:])

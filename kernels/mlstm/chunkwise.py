@@ -9,7 +9,8 @@ chunks of L tokens:
    xlstm_pretrain/REFERENCE.md §1: ``m' = max(logF + m_a, m_s)``, ``C' = e^{logF + m_a - m'} C_a + e^{m_s - m'} C_s``):
    the scalar stabilisers first, then (C | n) by ``state_scan.linear_state_scan`` (one fused multiply-add
    per chunk in forward and backward);
-3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk.
+3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk
+   (``chunk_outputs.mlstm_chunk_outputs``, with a hand-written backward).
 
 ``initial_state`` may also be a function of the sequence's own summary (context parallelism: a shard's
 initial state is known only once every shard has sent its summary). The summary, (log F, C, n, m) of the
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..chunking import chunk_plan
+from .chunk_outputs import mlstm_chunk_outputs
 from .naive import MLSTMState, check_inputs, check_state, compute_dtype, zero_state
 from .state_scan import linear_state_scan
 from .summary import EMPTY_M
@@ -82,10 +84,10 @@ def mlstm_chunkwise(
         log_b = cs - torch.where(seg > 0, (cs - log_f).gather(-1, start), 0.0)
         continues = seg == 0
         has_reset = seg[..., -1] > 0  # (B, 1, NC)
-    log_D = torch.where(valid, (cs[..., :, None] - cs[..., None, :]) + i[..., None, :], float("-inf"))
 
     # ---- chunk summaries: what each chunk alone adds to its end-of-chunk state -------------------
-    log_a = log_D[..., -1, :]  # (B, NH, NC, L): log weight of input s in the end-of-chunk state
+    # log weight of input s in the end-of-chunk state: the last row of the intra-chunk log weights
+    log_a = ((cs[..., -1:] - cs) + i).masked_fill(~valid[..., -1, :], float("-inf"))  # (B, NH, NC, L)
     log_a_top = log_a.amax(-1)  # -inf for a chunk that writes nothing
     log_a_max = torch.where(torch.isfinite(log_a_top), log_a_top, 0.0)
     w_a = torch.exp(log_a - log_a_max[..., None])
@@ -106,40 +108,37 @@ def mlstm_chunkwise(
     C0, n0, m0 = zero_state(B, NH, DHQK, DHV, cdt, device) if initial_state is None else (s.to(cdt) for s in initial_state)
 
     # ---- 2. inter-chunk recurrence: the stabilisers (a scalar per head) then the states -----------
-    # Chunks are taken with unbind, not x[..., c]: the backward of an indexing op fills a full-size zero
-    # tensor per chunk (O(NC^2) work); unbind's backward stacks the NC gradients once.
-    m = m0[..., 0]
-    m_before = []
-    floors = log_floor.unbind(-1) if log_floor is not None else [None] * NC
-    for carry_c, floor_c, a_max_c in zip(log_carry.unbind(-1), floors, log_a_max.unbind(-1)):
-        m_before.append(m)
-        m = torch.maximum(carry_c + m, a_max_c)
-        if floor_c is not None:
-            m = torch.maximum(m, floor_c.expand_as(m))
-    m_b = torch.stack(m_before, -1)  # (B, NH, NC): stabiliser of the state before each chunk
-    m_after = torch.cat([m_b[..., 1:], m[..., None]], -1)
+    # m after chunk c is max(log_carry_c + m before it, log_a_max_c, floor_c): compositions of max-plus maps,
+    # scanned in log2(NC) doubling steps rather than NC sequential ones (exact up to the order of additions)
+    reach = log_a_max if log_floor is None else torch.maximum(log_a_max, log_floor)
+    carry_sum, reach_max = _max_plus_scan(log_carry, reach)
+    m_after = torch.maximum(m0 + carry_sum, reach_max)  # (B, NH, NC): stabiliser after each chunk
+    m_b = torch.cat([m0, m_after[..., :-1]], -1)  # ... and before it
+    m = m_after[..., -1]
     w_old = torch.exp(log_carry + m_b - m_after)  # share of the carried state each chunk keeps
     w_new = torch.exp(log_a_max - m_after)
     Cn0 = torch.cat([C0, n0[..., None]], -1)
     Cn_b, Cn = linear_state_scan(Cn0, w_old, w_new[..., None, None] * Cn_chunk)  # state before each chunk, last
 
     # ---- 3. outputs (all chunks at once) ---------------------------------------------------------
-    log_init = log_b + (m_b[..., None] if continues is None else torch.where(continues, m_b[..., None], 0.0))
-    m_row = torch.maximum(log_init, log_D.amax(-1))  # (B, NH, NC, L)
-    D = torch.exp(log_D - m_row[..., None])
-    q_hat = q * DHQK**-0.5
-    S_qk = (q_hat @ k.transpose(-1, -2)) * D
-    w_init = torch.exp(log_init - m_row)
-    if continues is not None:
-        w_init = torch.where(continues, w_init, 0.0)  # a token after a reset does not see the carried state
-    init = w_init[..., None] * (q_hat @ Cn_b)  # (..., DHV + 1): the carried state's numerator | denominator
-    num = S_qk @ v + init[..., :DHV]
-    den = S_qk.sum(-1) + init[..., DHV]
-    h = num / (torch.maximum(den.abs(), torch.exp(-m_row)) + eps)[..., None]
-    h = h.reshape(B, NH, NC * L, DHV)[:, :, :S].to(out_dtype)
+    h = mlstm_chunk_outputs(q * DHQK**-0.5, k, v, cs, i, log_b, m_b, Cn_b, valid, continues, eps)
+    h = h.reshape(B, NH, NC * L, DHV)
+    h = (h[:, :, :S] if pad else h).to(out_dtype)
     if not return_final_state:
         return h
     return h, (Cn[..., :DHV], Cn[..., DHV], m[..., None])
+
+
+def _max_plus_scan(A, M):
+    """Inclusive scan over the last dim of the maps x -> max(x + A_c, M_c): returns (A', M') with
+    x -> max(x + A'_c, M'_c) the composition of maps 0..c. Hillis-Steele: at each doubling step s, map c
+    absorbs map c - s (composing earlier (A1, M1) with later (A2, M2) gives (A1 + A2, max(M1 + A2, M2)))."""
+    s, NC = 1, A.shape[-1]
+    while s < NC:
+        A, M = (torch.cat([A[..., :s], A[..., :-s] + A[..., s:]], -1),
+                torch.cat([M[..., :s], torch.maximum(M[..., :-s] + A[..., s:], M[..., s:])], -1))
+        s *= 2
+    return A, M
 
 
 def _sequence_summary(Cn_chunk, log_a_top, log_carry, log_floor, DHV):

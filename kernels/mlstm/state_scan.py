@@ -7,7 +7,7 @@ part of the chunkwise mLSTM (kernels/mlstm/chunkwise.py), run on the combined (C
 
 Autograd through a Python loop of ``a * S + y`` records several ops and backward nodes per chunk, most of
 the torch kernel's non-matmul time at long S. Here each chunk costs one fused multiply-add into a
-preallocated chunk-major buffer in forward and one in backward:
+preallocated buffer in forward and one in backward:
 
     G_NC = dL/dS_NC,  G_c = dL/dS_c(direct) + a_c G_{c+1};   dL/dy_c = G_{c+1},  dL/da_c = <G_{c+1}, S_c>
 """
@@ -19,37 +19,42 @@ from torch.autograd.function import once_differentiable
 
 
 class _LinearStateScan(torch.autograd.Function):
+    # The states before each chunk are written straight into one (..., NC, P, Q) buffer, the layout the
+    # output step's batched matmuls read without a copy; each step writes one (P, Q) block per head.
     @staticmethod
     def forward(ctx, x0, a, y):
         NC = a.shape[-1]
-        states = x0.new_empty((NC + 1,) + x0.shape)  # chunk-major: each step writes one contiguous slice
-        states[0] = x0
-        a_t = a.movedim(-1, 0)[..., None, None]
-        y_t = y.movedim(2, 0)
-        for c in range(NC):
-            torch.addcmul(y_t[c], a_t[c], states[c], out=states[c + 1])
-        ctx.save_for_backward(a, states)
-        return states[:NC].movedim(0, 2), states[NC]
+        before = y.new_empty(y.shape)
+        before[..., 0, :, :] = x0
+        a_c = a[..., None, None]
+        for c in range(NC - 1):
+            torch.addcmul(y[..., c, :, :], a_c[..., c, :, :], before[..., c, :, :], out=before[..., c + 1, :, :])
+        last = torch.addcmul(y[..., NC - 1, :, :], a_c[..., NC - 1, :, :], before[..., NC - 1, :, :])
+        ctx.save_for_backward(a, before)
+        return before, last
 
     @staticmethod
     @once_differentiable  # the backward writes into preallocated buffers: no double backward
     def backward(ctx, d_before, d_last):
-        a, states = ctx.saved_tensors
+        a, before = ctx.saved_tensors
         NC = a.shape[-1]
-        a_t = a.movedim(-1, 0)[..., None, None]
-        g = torch.empty_like(states)  # g[c] = dL/dS_c, direct use plus what flows back through S_{c+1}
+        a_c = a[..., None, None]
+        # dy[c] = dL/dS_{c+1} = d_before[c+1] + a_{c+1} dy[c+1] (the last: d_last), computed in place
+        dy = torch.empty_like(before)
         if d_last is None:
-            g[NC].zero_()
+            dy[..., NC - 1, :, :] = 0
         else:
-            g[NC] = d_last
-        d_b = None if d_before is None else d_before.movedim(2, 0)
-        for c in range(NC - 1, -1, -1):
-            if d_b is None:
-                torch.mul(a_t[c], g[c + 1], out=g[c])
+            dy[..., NC - 1, :, :] = d_last
+        for c in range(NC - 1, 0, -1):
+            if d_before is None:
+                torch.mul(a_c[..., c, :, :], dy[..., c, :, :], out=dy[..., c - 1, :, :])
             else:
-                torch.addcmul(d_b[c], a_t[c], g[c + 1], out=g[c])
-        d_a = (g[1:] * states[:NC]).sum((-1, -2)).movedim(0, -1)
-        return g[0], d_a, g[1:].movedim(0, 2)
+                torch.addcmul(d_before[..., c, :, :], a_c[..., c, :, :], dy[..., c, :, :], out=dy[..., c - 1, :, :])
+        d_x0 = a_c[..., 0, :, :] * dy[..., 0, :, :]
+        if d_before is not None:
+            d_x0 += d_before[..., 0, :, :]
+        d_a = (dy * before).sum((-1, -2))
+        return d_x0, d_a, dy
 
 
 def linear_state_scan(x0: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
