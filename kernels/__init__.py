@@ -22,13 +22,13 @@ from .fla_runtime import FLA_INSTALL_HINT, import_fla
 from .mlstm import (MLSTMState, mlstm_chunkwise, mlstm_final_state, mlstm_parallel, mlstm_recurrent,
                     mlstm_sequence_summary, mlstm_step,
                     zero_state)
-from .slstm import SLSTMState, slstm_recurrent, slstm_step, slstm_zero_state
+from .slstm import SLSTMState, slstm_recurrent, slstm_recurrent_manual_backward, slstm_step, slstm_zero_state
 
 __all__ = [
     "AUTO_CUDA_ORDER", "ChunkPlan", "FLA_INSTALL_HINT", "MISSING_BACKENDS", "MLSTMState", "MLSTM_BACKENDS",
     "MLSTM_TORCH_FORMS", "SLSTMState", "SLSTM_BACKENDS", "chunk_plan", "document_segments", "import_fla", "mlstm",
     "mlstm_chunkwise", "mlstm_final_state", "mlstm_parallel", "mlstm_recurrent", "mlstm_sequence_summary",
     "mlstm_step", "register_backend",
-    "register_document_boundaries", "resolve_backend", "slstm", "slstm_recurrent", "slstm_step", "slstm_zero_state",
+    "register_document_boundaries", "resolve_backend", "slstm", "slstm_recurrent", "slstm_recurrent_manual_backward", "slstm_step", "slstm_zero_state",
     "zero_state",
 ]

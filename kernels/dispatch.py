@@ -15,7 +15,8 @@ form ``mlstm`` / ``_mlstm_torch`` call the function with ``mlstm_sequence_summar
 (``_state_from_summary``), so only the torch backend function ever receives a function.
 
 Registered here (``register_backend``):
-  ``torch``   the pure-PyTorch reference (mLSTM forms chunkwise / parallel / recurrent);
+  ``torch``   pure PyTorch (mLSTM forms chunkwise / parallel / recurrent; the sLSTM recurrence with a
+              hand-written backward, ``slstm/recurrent.py``, checked against ``slstm/naive.py``);
   ``triton``  our Triton kernels (``mlstm/chunkwise_triton.py``, ``slstm/recurrent_triton.py``; chunkwise only);
   ``fla``     the mLSTM on flash-linear-attention's ``chunk_simple_gla`` (``mlstm/fla.py``) and, as FLA has
               no sLSTM, our Triton sLSTM; registered only when ``fla`` and ``triton`` are installed (found,
@@ -43,7 +44,7 @@ from . import selfcheck
 from .fla_runtime import FLA_INSTALL_HINT
 from .mlstm import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_sequence_summary
 from .mlstm.fla import FLA_CHUNK_SIZES  # the module only: flash-linear-attention is imported on first use
-from .slstm import slstm_recurrent
+from .slstm import slstm_recurrent_manual_backward
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def _mlstm_torch(q, k, v, i, f, *, initial_state=None, reset=None, return_final_
 
 
 def _slstm_torch(wx, R, b, *, initial_state=None, reset=None, return_final_state=False):
-    return slstm_recurrent(wx, R, b, initial_state=initial_state, reset=reset, return_final_state=return_final_state)
+    return slstm_recurrent_manual_backward(wx, R, b, initial_state=initial_state, reset=reset,
+                                           return_final_state=return_final_state)
 
 
 def _mlstm_triton(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,
@@ -156,7 +158,7 @@ def _slstm_triton(wx, R, b, *, initial_state=None, reset=None, return_final_stat
         from .slstm import recurrent_triton
 
         return recurrent_triton.slstm_recurrent_triton(wx, R, b, **kwargs)
-    return slstm_recurrent(wx, R, b, **kwargs)
+    return slstm_recurrent_manual_backward(wx, R, b, **kwargs)
 
 
 def _mlstm_fla(q, k, v, i, f, *, initial_state=None, reset=None, return_final_state=False, eps=1e-6,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from xlstm_kernels import mlstm_chunkwise, mlstm_recurrent, slstm_recurrent
+from xlstm_kernels import mlstm_chunkwise, mlstm_recurrent, slstm_recurrent, slstm_recurrent_manual_backward
 
 
 class ElementsWritten(TorchDispatchMode):
@@ -47,7 +47,7 @@ def _mlstm(form, S, reset_every=None, **form_kwargs):
     return run
 
 
-def _slstm(S, reset_every=None):
+def _slstm(S, reset_every=None, fn=slstm_recurrent):
     def run():
         g = torch.Generator().manual_seed(0)
         wx = torch.randn(1, S, 4, 2, 4, generator=g, requires_grad=True)
@@ -57,7 +57,7 @@ def _slstm(S, reset_every=None):
         if reset_every:
             reset = torch.zeros(1, S, dtype=torch.bool)
             reset[:, ::reset_every] = True
-        slstm_recurrent(wx, R, b, reset=reset).sum().backward()
+        fn(wx, R, b, reset=reset).sum().backward()
     return run
 
 
@@ -66,6 +66,7 @@ def _slstm(S, reset_every=None):
     ("mlstm_chunkwise", lambda S, r: _mlstm(mlstm_chunkwise, S, r, chunk_size=4)),  # many chunks
     ("mlstm_recurrent", lambda S, r: _mlstm(mlstm_recurrent, S, r)),
     ("slstm_recurrent", _slstm),
+    ("slstm_recurrent_manual_backward", lambda S, r: _slstm(S, r, slstm_recurrent_manual_backward)),
 ])
 def test_work_is_linear_in_sequence_length(name, make, reset_every):
     # S large enough that per-step tensors dominate fixed costs; small heads keep it fast.
