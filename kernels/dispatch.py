@@ -12,7 +12,8 @@ The mLSTM's ``initial_state`` may be a state or a function of the sequence's own
 (``mlstm_sequence_summary``: what context parallelism exchanges before a shard knows its initial state).
 The torch chunkwise takes the summary from its own chunk summaries; for every other backend and torch
 form ``mlstm`` / ``_mlstm_torch`` call the function with ``mlstm_sequence_summary`` first
-(``_state_from_summary``), so only the torch backend function ever receives a function.
+(``_state_from_summary``), so of the functions behind the registry only the torch chunkwise
+(``mlstm_chunkwise``) ever receives a function.
 
 Registered here (``register_backend``):
   ``torch``   pure PyTorch (mLSTM forms chunkwise / parallel / recurrent; the sLSTM recurrence with a

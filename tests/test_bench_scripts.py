@@ -1,6 +1,7 @@
 """The side-by-side benchmark scripts of this stack measure what they claim: the paper-family train-step
-bench runs the official ``xlstm`` model and ours on the same weights (same logits), and the CP timeline sees
-the all-to-all in the sLSTM layout switch and the send/recv staircase in the relay."""
+bench runs the official ``xlstm`` model and ours on the same weights (same logits), the CP timeline sees
+the all-to-all in the sLSTM layout switch and the send/recv staircase in the relay, and the sLSTM critical-path
+mode prints a row per CP degree."""
 
 import argparse
 import sys
@@ -42,3 +43,16 @@ def test_cp_timeline_records_each_layouts_collectives(tmp_path):
     cp_timeline.plot(layouts, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert [r[0] for r in cp_timeline.summarize(layouts["relay"])] == [0, 1]
+
+
+def test_cp_step_time_critical_path_rows(capsys):
+    """The sLSTM critical-path mode prints one row per CP degree, a dash where the heads do not divide."""
+    import cp_step_time
+
+    cp_step_time.slstm_critical_path(B=1, S=16, d=16, heads=4, cps=[1, 2, 3], reps=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" in line
+            or "do not divide" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2", "3"], rows
+    assert "heads do not divide" in rows[2]
+    cp1 = rows[0].split("|")
+    assert cp1[4].strip() == "1.00" and cp1[5].strip() == "1.00"

@@ -103,18 +103,39 @@ def test_chunkwise_state_function_gets_the_summary_and_matches_two_passes(S, chu
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name}")
 
 
-def test_state_function_reaches_every_backend_as_a_state():
-    """Forms and backends without the fused summary get the function resolved by the dispatch."""
+def test_state_function_reaches_every_backend_as_a_state(monkeypatch):
+    """Forms and backends without the fused summary get the function resolved by the dispatch: the torch
+    parallel / recurrent forms (and a single generation token), and any other registered backend, whose
+    function receives the state the function returned for ``mlstm_sequence_summary``."""
     import xlstm_kernels
+    from xlstm_kernels import mlstm_sequence_summary
 
     k, v, i, f = _inputs(S=16)
     q = torch.randn_like(k)
+    state_fn = lambda s: tuple(x.clamp(-50, 50) for x in s[1:])  # noqa: E731
     got = {}
     for form in ("chunkwise", "parallel", "recurrent"):
         got[form] = xlstm_kernels.mlstm(q, k, v, i, f, backend="torch", form=form, chunk_size=8,
-                                        initial_state=lambda s: tuple(x.clamp(-50, 50) for x in s[1:]))
+                                        initial_state=state_fn)
     for form in ("parallel", "recurrent"):
         torch.testing.assert_close(got[form], got["chunkwise"], rtol=1e-9, atol=1e-9)
+    one = [x[:, :, :1] for x in (q, k, v, i, f)]
+    h1 = xlstm_kernels.mlstm(*one, backend="torch", initial_state=state_fn)
+    want1 = xlstm_kernels.mlstm_recurrent(*one, initial_state=state_fn(mlstm_sequence_summary(*one[1:])))
+    torch.testing.assert_close(h1, want1, rtol=1e-12, atol=1e-12)
+
+    seen = {}
+
+    def other_backend(q, k, v, i, f, *, initial_state=None, **kwargs):
+        seen["state"] = initial_state
+        return xlstm_kernels.mlstm(q, k, v, i, f, backend="torch", initial_state=initial_state, **kwargs)
+
+    monkeypatch.setitem(xlstm_kernels.MLSTM_BACKENDS, "probe", other_backend)
+    h = xlstm_kernels.mlstm(q, k, v, i, f, backend="probe", chunk_size=8, initial_state=state_fn)
+    assert isinstance(seen["state"], tuple)
+    for a, b in zip(seen["state"], state_fn(mlstm_sequence_summary(k, v, i, f))):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(h, got["chunkwise"], rtol=1e-9, atol=1e-9)
 
 
 def test_the_fused_summary_adds_no_pass_over_the_tokens():

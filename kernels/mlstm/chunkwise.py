@@ -5,10 +5,10 @@ chunks of L tokens:
 
 1. per chunk, in parallel: the intra-chunk log-weight matrix and the chunk's contribution to the
    end-of-chunk state (a locally stabilised C, n and their log-scale);
-2. a sequential recurrence over the NC chunks on state-sized tensors only (the associative combine of
+2. a recurrence over the NC chunks on state-sized tensors only (the associative combine of
    xlstm_pretrain/REFERENCE.md §1: ``m' = max(logF + m_a, m_s)``, ``C' = e^{logF + m_a - m'} C_a + e^{m_s - m'} C_s``):
-   the scalar stabilisers first, then (C | n) by ``state_scan.linear_state_scan`` (one fused multiply-add
-   per chunk in forward and backward);
+   the scalar stabilisers first (a log-depth max-plus scan), then (C | n) by ``state_scan.linear_state_scan``
+   (one fused multiply-add per chunk in forward and backward);
 3. per chunk, in parallel: outputs from the intra-chunk part plus the state before the chunk
    (``chunk_outputs.mlstm_chunk_outputs``, with a hand-written backward).
 
@@ -69,7 +69,8 @@ def mlstm_chunkwise(
     v = v.view(B, NH, NC, L, DHV)
     log_f = log_f.view(B, NH, NC, L)
     i = i.view(B, NH, NC, L)
-    # ---- 1. intra-chunk log weights (all chunks at once) -----------------------------------------
+    # ---- 1. per chunk: log forget sums and document segments (the L x L log weights are built in the
+    # output step, chunk_outputs.py) ---------------------------------------------------------------
     cs = log_f.cumsum(-1)  # log forget from the chunk start through the token: sum_{r=s+1..t} = cs_t - cs_s
     causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
     if reset is None:

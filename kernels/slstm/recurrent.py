@@ -59,7 +59,8 @@ class _SLSTMRecurrence(torch.autograd.Function):
         ys[S], cs[S], ns[S] = y, c, n
         ctx.save_for_backward(R, raw, acts, ys, cs, ns, keep)
         ctx.mark_non_differentiable(m)
-        return ys[1:], cs[S], ns[S], m
+        # the last c, n: copies, so that a caller keeping the state (generation) does not keep the buffers
+        return ys[1:], cs[S].clone(), ns[S].clone(), m
 
     @staticmethod
     @once_differentiable
@@ -79,7 +80,7 @@ class _SLSTMRecurrence(torch.autograd.Function):
             if keep is not None:  # the state the step saw
                 c_prev, n_prev = c_prev * keep[t], n_prev * keep[t]
             i_act, f_exp, tz, so = acts[t].unbind(0)  # i' is never clamped: m_new >= i
-            f_act = f_exp.clamp(max=1.0)  # clamped only on a fresh state (n == 0), where c, n are 0
+            f_act = f_exp.clamp(max=1.0)  # clamped at 1 only where n == 0 (m_new = i~); no gradient passes it
             inv_n = 1.0 / n
             dy = d_y_next if d_ys is None else d_ys[t] + d_y_next
             d_i, d_f, d_z, d_o = d_raw[t].view(NH, B, 4, DH).unbind(2)
@@ -128,4 +129,5 @@ def slstm_recurrent_manual_backward(wx, R, b, initial_state: SLSTMState | None =
     out = y.to(wx.dtype)
     if not return_final_state:
         return out
-    return out, (y[:, -1], c.transpose(0, 1), n.transpose(0, 1), m.transpose(0, 1))
+    # y[:, -1] is a copy too (not a view of the whole output), for the same reason
+    return out, (y[:, -1].clone(), c.transpose(0, 1), n.transpose(0, 1), m.transpose(0, 1))
