@@ -20,29 +20,28 @@ Terms = list[tuple[str, float]]
 # ---- mLSTM cell -------------------------------------------------------------------------------------
 
 
-def mlstm_torch_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int) -> Terms:
-    """``kernels/mlstm/chunkwise.py`` under autograd: everything in fp32 whatever the input dtype.
+def mlstm_torch_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int, reset: bool) -> Terms:
+    """``kernels/mlstm/chunkwise.py``: everything in fp32 whatever the input dtype.
 
-    Per chunk it keeps three state-sized tensors (the chunk summary C_chunk, the running C that each
-    chunk's update reads, the stacked C_b the outputs read) and the L x L matrices (log_D, D, q k^T
-    before and after the decay); per token: q-hat three times (one copy per matmul), k and v copies.
+    Autograd keeps the chunk summaries' inputs (k weighted, v), the chunk states (C | n) and their
+    scaled summaries; the output step (``chunk_outputs.py``) saves q-hat, k, v, the states before each
+    chunk, D and P (L x L per chunk), the carried-state term Y, h and a few per-token vectors.
     """
     T = NC * L
     tok = H * T * F32
     return [
         ("gates (f in, logsigmoid buffer)", 2 * H * S * F32),
-        ("chunk masks (valid, continues, causal)", B * NC * L * L * BOOL + B * NC * L * BOOL + 2 * L * L * BOOL),
-        ("log_D, D, q k^T (x2) (L x L per chunk)", 4 * H * NC * L * L * F32),
-        ("k fp32", H * S * Q * F32),
-        ("k copies (k^T for the summary, k^T for q k^T)", 2 * tok * Q),
-        ("v copies (summary, S v)", 2 * tok * V),
-        ("q-hat copies (q k^T, q C, q n)", 3 * tok * Q),
-        ("C per chunk: summary, running, stacked", 3 * H * NC * Q * V * F32),
-        ("n per chunk: summary, running, stacked", 3 * H * NC * Q * F32),
-        ("per-token gate weights and normaliser", 10 * tok),
-        ("per-chunk scalars", 8 * H * NC * F32),
-        ("q C and numerator", 2 * tok * V),
-        ("h fp32 (read by the output norm)", H * S * V * F32),
+        ("reset masks and segment ids", B * NC * L * (3 * BOOL + 8) if reset else L * BOOL),
+        ("k, v fp32 (chunked copies)", tok * (Q + V)),
+        ("k weighted and v for the chunk summaries", tok * (Q + V)),
+        ("q-hat (output step)", tok * Q),
+        ("D, P (L x L per chunk)", 2 * H * NC * L * L * F32),
+        ("(C | n): chunk summaries, states before each chunk", 2 * H * NC * Q * (V + 1) * F32),
+        ("Y = q-hat (C | n) before the chunk", tok * (V + 1)),
+        ("h fp32 (the output step's and the output norm's input)", tok * V),
+        ("per-token: log weights, cumsums, w, denominators, m, argmax (int64), masks", 9 * tok + 2 * H * T * BOOL),
+        ("per-chunk scalars", 12 * H * NC * F32),
+        ("h in the input dtype, upcast to fp32 by the output norm", H * S * V * F32 if a != F32 else 0),
     ]
 
 
@@ -88,7 +87,6 @@ def mlstm_fla_chunk(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: 
 
 def mlstm_cell(backend: str, **kw) -> Terms:
     if backend == "torch":
-        kw.pop("reset", None)
         return mlstm_torch_chunkwise(**kw)
     if backend == "triton":
         return mlstm_triton_chunkwise(**kw)
@@ -101,13 +99,16 @@ def mlstm_cell(backend: str, **kw) -> Terms:
 
 
 def slstm_torch_recurrent(B: int, S: int, NH: int, DH: int, a: int) -> Terms:
-    """``kernels/slstm/naive.py``: a Python loop over S steps; each step keeps ~15 (B, NH, DH) fp32 tensors
-    (gates, activations, c, n, y) and a permuted copy of R made by the einsum (4 NH DH^2 fp32)."""
+    """``kernels/slstm/recurrent.py`` ``_SLSTMRecurrence``: save_for_backward(R, raw, acts, ys, cs, ns, keep):
+    R arranged (NH, DH, 4 DH), the raw gates and the four activations of every step, y, c, n before every
+    step and the last (all fp32)."""
     unit = B * NH * DH * F32
     return [
-        ("per-step gate and state tensors", 15 * S * unit),
-        ("per-step copy of R (einsum)", S * 4 * NH * DH * DH * F32),
-        ("y stacked (fp32)", B * S * NH * DH * F32),
+        ("R arranged for the per-step matmul", 4 * NH * DH * DH * F32),
+        ("raw gates and their activations, every step", 8 * S * unit),
+        ("y, c, n before every step and the last", 3 * (S + 1) * unit),
+        ("reset keep mask", S * B * F32),
+        ("y in the input dtype, upcast by the group norm", S * unit if a != F32 else 0),
     ]
 
 
