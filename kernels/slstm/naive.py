@@ -45,6 +45,17 @@ def slstm_step(wx_t, R, b, state: SLSTMState):
     return y, (y, c, n, m_new)
 
 
+def starting_state(initial_state: SLSTMState | None, wx, B: int, NH: int, DH: int) -> SLSTMState:
+    """The state a recurrence starts from, in the compute dtype (fp32, fp64 for fp64 inputs): zeros if None."""
+    cdt = torch.promote_types(wx.dtype, torch.float32)
+    if initial_state is None:
+        return slstm_zero_state(B, NH, DH, cdt, wx.device)
+    state = tuple(s.to(cdt) for s in initial_state)
+    if any(tuple(s.shape) != (B, NH, DH) for s in state):
+        raise ValueError(f"sLSTM: initial state tensors must be (B, NH, DH) = {(B, NH, DH)}")
+    return state
+
+
 def check_inputs(wx, R, b, reset=None) -> tuple[int, int, int, int]:
     """(B, S, NH, DH) of an sLSTM call, or a ValueError naming the shapes that disagree (every backend)."""
     B, S, G, NH, DH = wx.shape
@@ -59,13 +70,8 @@ def check_inputs(wx, R, b, reset=None) -> tuple[int, int, int, int]:
 def slstm_recurrent(wx, R, b, initial_state: SLSTMState | None = None, reset: torch.Tensor | None = None,
                     return_final_state: bool = False):
     B, S, NH, DH = check_inputs(wx, R, b, reset)
-    cdt = torch.promote_types(wx.dtype, torch.float32)
-    if initial_state is None:
-        state = slstm_zero_state(B, NH, DH, cdt, wx.device)
-    else:
-        state = tuple(s.to(cdt) for s in initial_state)
-        if any(tuple(s.shape) != (B, NH, DH) for s in state):
-            raise ValueError(f"sLSTM: initial state tensors must be (B, NH, DH) = {(B, NH, DH)}")
+    state = starting_state(initial_state, wx, B, NH, DH)
+    cdt = state[0].dtype
     # Steps are taken with unbind, not wx[:, t]: the backward of an indexing op fills a full-size
     # zero tensor per step (O(S^2) work); unbind's backward stacks the S gradients once.
     keeps = [None] * S if reset is None else (~reset).to(cdt)[:, :, None, None].unbind(1)

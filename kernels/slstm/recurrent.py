@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .naive import SLSTMState, check_inputs, slstm_zero_state
+from .naive import SLSTMState, check_inputs, starting_state
 
 
 class _SLSTMRecurrence(torch.autograd.Function):
@@ -105,17 +105,12 @@ class _SLSTMRecurrence(torch.autograd.Function):
         return d_raw, d_R, d_y_next, dc, dn, d_m0, None
 
 
-def slstm_recurrent_manual_backward(wx, R, b, initial_state: SLSTMState | None = None, reset: torch.Tensor | None = None,
-                          return_final_state: bool = False):
+def slstm_recurrent_manual_backward(wx, R, b, initial_state: SLSTMState | None = None,
+                                    reset: torch.Tensor | None = None, return_final_state: bool = False):
     """``naive.slstm_recurrent`` with the hand-written backward: same arguments, same results."""
     B, S, NH, DH = check_inputs(wx, R, b, reset)
     cdt = torch.promote_types(wx.dtype, torch.float32)
-    if initial_state is None:
-        state = slstm_zero_state(B, NH, DH, cdt, wx.device)
-    else:
-        state = tuple(s.to(cdt) for s in initial_state)
-        if any(tuple(s.shape) != (B, NH, DH) for s in state):
-            raise ValueError(f"sLSTM: initial state tensors must be (B, NH, DH) = {(B, NH, DH)}")
+    state = starting_state(initial_state, wx, B, NH, DH)
     if S == 0:
         y = wx.new_empty(B, 0, NH, DH)
         return (y, state) if return_final_state else y
