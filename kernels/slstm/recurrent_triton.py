@@ -8,21 +8,26 @@ previous m enters ``f' = min(exp(log σ(f~) + m_{t-1} - m_t), 1)`` with gradient
 gradient at the first step (later m's are gradient-free), and ``clamp(max=1)`` passes the gradient where
 the value is <= 1, like torch.
 
-One program per (batch tile of BB rows, head) loops over time. For DH <= 64 the head's recurrent
-weights (4 x DH x DH) are loaded once before the loop and stay on chip (registers) together with the
-state. Larger heads do not fit (4 x 128 x 128 fp32 is 256 KiB): the "blocked" kernels tile the step over
-column blocks of BN, re-read the R tiles every step (L2-resident) and keep the carried state in global
-memory (the per-step state the backward needs anyway, plus a small double-buffered scratch in the
-backward), with a CTA barrier between steps. The forward stores the per-step states and raw gates for
-the backward; the backward kernel runs the reverse recurrence (gate gradients, dy through R^T, dc, dn)
-and writes the gate gradients of every step; dR and db are then one batched matmul / sum in torch
-(parallel over time instead of a loop-carried DH x DH accumulator).
+Three kernel pairs, one chosen per call. For DH <= 64 one program per (batch tile of BB rows, head) loops
+over time, with the head's recurrent weights (4 x DH x DH) loaded once before the loop and kept on chip
+(registers) together with the state. Larger heads do not fit (4 x 128 x 128 fp32 is 256 KiB): the "blocked"
+kernels tile the step over column blocks of BN, re-read the R tiles every step (L2-resident) and keep the
+carried state in global memory (the per-step state the backward needs anyway, plus a small double-buffered
+scratch in the backward), with a CTA barrier between steps. On a GPU, where that (batch tiles x heads) grid
+would leave most SMs idle, the "split" kernels spread each head's columns over several programs that keep
+their R slice on chip and meet at a group barrier every step (section below; ``split_plan`` picks the tile;
+every shipped run uses them). The forward stores the per-step states and raw gates for the backward; the
+backward runs the reverse recurrence (gate gradients, dy through R^T, dc, dn) and writes the gate gradients
+of every step; dR and db are then one batched matmul / sum in torch (parallel over time instead of a
+loop-carried DH x DH accumulator).
 Inputs are bf16 / fp16 / fp32 (fp64 is handled by the torch reference). For half inputs the recurrent
 matmuls round y and R to the input dtype (tensor cores, fp32 accumulation), like the official CUDA
 kernel; fp32 inputs use exact fp32 products.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -219,6 +224,29 @@ def _slstm_bw(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, dsN_ptr, dg_ptr, ds
     tl.store(ds0_ptr + 3 * BND + st, dm_p, mask=m2)
 
 
+@triton.jit
+def _y_times_r(ysrc, keep, R_ptr, h, NH, mb, oc, mc, DH: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr, DT: tl.constexpr, EMU: tl.constexpr):
+    """y_{t-1} @ R_g[:, oc] for the 4 gates in row blocks of BK, R re-read (from L2) every step. ``ysrc``: [BB, 1]
+    pointers to the rows of y_{t-1} (written by other threads or programs: L2 loads, not L1)."""
+    acc_i = tl.zeros([BB, BN], dtype=tl.float32)
+    acc_f = tl.zeros([BB, BN], dtype=tl.float32)
+    acc_z = tl.zeros([BB, BN], dtype=tl.float32)
+    acc_o = tl.zeros([BB, BN], dtype=tl.float32)
+    RG = NH * DH * DH
+    for kb in range(0, tl.cdiv(DH, BK)):
+        ok = kb * BK + tl.arange(0, BK)
+        mk = ok < DH
+        yk = tl.load(ysrc + ok[None, :], mask=mb[:, None] & mk[None, :], other=0.0, cache_modifier=".cg") * keep
+        roff = (h * DH + ok[:, None]) * DH + oc[None, :]
+        rm = mk[:, None] & mc[None, :]
+        acc_i += mm(yk, tl.load(R_ptr + roff, mask=rm, other=0.0), DT, EMU)
+        acc_f += mm(yk, tl.load(R_ptr + RG + roff, mask=rm, other=0.0), DT, EMU)
+        acc_z += mm(yk, tl.load(R_ptr + 2 * RG + roff, mask=rm, other=0.0), DT, EMU)
+        acc_o += mm(yk, tl.load(R_ptr + 3 * RG + roff, mask=rm, other=0.0), DT, EMU)
+    return acc_i, acc_f, acc_z, acc_o
+
+
 # ---------------------------------------------------------------------------------------------------
 # blocked kernels (DH > 64): column blocks of BN, state carried through global memory
 # ---------------------------------------------------------------------------------------------------
@@ -242,13 +270,16 @@ def _slstm_fw_blocked(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_pt
     DT = wx_ptr.dtype.element_ty
     BND = B * NH * DH
     gstride = NH * DH
-    RG = NH * DH * DH
     for t in range(S):
         keep = tl.zeros([BB, 1], dtype=tl.float32) + 1.0
         if HAS_RESET:
             r = tl.load(rs_ptr + rowb * S + t, mask=mb, other=0)
             keep = tl.where(r != 0, 0.0, 1.0)[:, None]
         row = rowb * S + t
+        if t > 0:  # rows of y_{t-1}
+            ysrc = hs_ptr + (row - 1)[:, None] * 4 * NH * DH + h * DH
+        else:
+            ysrc = s0_ptr + rowb[:, None] * NH * DH + h * DH
         for jb in range(0, tl.cdiv(DH, BN)):
             oc = jb * BN + tl.arange(0, BN)
             mc = oc < DH
@@ -267,26 +298,7 @@ def _slstm_fw_blocked(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_pt
             cp = cp * keep
             np_ = np_ * keep
             mp = mp * keep
-            acc_i = tl.zeros([BB, BN], dtype=tl.float32)
-            acc_f = tl.zeros([BB, BN], dtype=tl.float32)
-            acc_z = tl.zeros([BB, BN], dtype=tl.float32)
-            acc_o = tl.zeros([BB, BN], dtype=tl.float32)
-            for kb in range(0, tl.cdiv(DH, BN)):
-                ok = kb * BN + tl.arange(0, BN)
-                mk = ok < DH
-                if t > 0:
-                    yk = tl.load(hs_ptr + ((row - 1)[:, None] * 4 * NH + h) * DH + ok[None, :],
-                                 mask=mb[:, None] & mk[None, :], other=0.0)
-                else:
-                    yk = tl.load(s0_ptr + (rowb[:, None] * NH + h) * DH + ok[None, :], mask=mb[:, None] & mk[None, :],
-                                 other=0.0)
-                yk = yk * keep
-                roff = (h * DH + ok[:, None]) * DH + oc[None, :]
-                rm = mk[:, None] & mc[None, :]
-                acc_i += mm(yk, tl.load(R_ptr + roff, mask=rm, other=0.0), DT, EMU)
-                acc_f += mm(yk, tl.load(R_ptr + RG + roff, mask=rm, other=0.0), DT, EMU)
-                acc_z += mm(yk, tl.load(R_ptr + 2 * RG + roff, mask=rm, other=0.0), DT, EMU)
-                acc_o += mm(yk, tl.load(R_ptr + 3 * RG + roff, mask=rm, other=0.0), DT, EMU)
+            acc_i, acc_f, acc_z, acc_o = _y_times_r(ysrc, keep, R_ptr, h, NH, mb, oc, mc, DH, BB, BN, BN, DT, EMU)
             ri = (tl.load(wx_ptr + gate, mask=m2, other=0.0).to(tl.float32) + acc_i
                   + tl.load(b_ptr + h * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :])
             rf = (tl.load(wx_ptr + gate + gstride, mask=m2, other=0.0).to(tl.float32) + acc_f
@@ -396,6 +408,293 @@ def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg
         tl.debug_barrier()  # the next step reads this step's scratch
 
 
+# ---------------------------------------------------------------------------------------------------
+# split kernels (DH > 64 and a grid the blocked kernel leaves mostly idle): a head's columns over programs
+# ---------------------------------------------------------------------------------------------------
+# The blocked kernels run one program per (batch tile, head): 4 programs for the 125M model at micro-batch
+# 16 on a 132-SM GPU, each re-reading its head's whole R (4 x DH x DH) from L2 every step. Here program p of
+# a group (batch tile, head) owns the columns [p*BN, (p+1)*BN) of the state: the step's matmul y_{t-1} @ R
+# is split by output columns (the official CUDA kernel and FlashRNN split a head the same way), each program
+# keeps only its R slice (4 x DH x BN) and, where that fits (``R_RESIDENT_BYTES``), keeps it on chip for the
+# whole sequence. The programs of a group exchange the step's y (forward) or gate gradients
+# (backward) through global memory and meet at a group barrier once per step: an atomic counter per group
+# that each program increments (release) after its stores and polls (acquire) until all NSPLIT arrived.
+# A spin barrier needs every program of the launch resident at once: the launcher keeps the grid within
+# the SM count (one program per SM always fits). Under the interpreter (programs run one after another) and
+# whenever SYNC is off, the launcher gives each step (each backward phase) its own launch instead: the
+# launch boundary is the barrier, so the same step code is what the CPU tests check.
+# The R slice is loaded once before the time loop up to this size (the compiler keeps the loop-invariant tile
+# in shared memory: 227 KiB per block on sm_90, the rest is the step's operand staging); larger slices are
+# re-read from L2 every step in row blocks of SPLIT_BK.
+R_RESIDENT_BYTES = 128 * 1024
+SPLIT_BK = 64  # row block of the y @ R product when the R slice is re-read every step
+_SPLIT_WARPS = 8
+# None: split_plan decides on a GPU (never under the interpreter); False: never split (the blocked kernels);
+# (BN, resident): always split with that tile (the tests, under the interpreter and on a GPU). Users switch
+# the split off with XLSTM_SLSTM_SPLIT=0.
+SPLIT_OVERRIDE = None
+
+
+@triton.jit
+def _group_barrier(cnt_ptr, target):
+    """Arrive at the group's counter and wait until it reaches ``target`` (= NSPLIT x steps done)."""
+    tl.debug_barrier()  # every thread of this program has issued its stores of the step
+    tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
+    while tl.atomic_load(cnt_ptr, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit
+def _split_program(B, DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr):
+    """Program (batch tile pb, head h, split p): its batch rows, its BN state columns oc, all DHP columns od."""
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    ob = pb * BB + tl.arange(0, BB)
+    mb = ob < B
+    oc = tl.program_id(2) * BN + tl.arange(0, BN)
+    mc = oc < DH
+    od = tl.arange(0, DHP)
+    return pb, h, tl.num_programs(2), mb, ob.to(tl.int64), oc, mc, mb[:, None] & mc[None, :], od, od < DH
+
+
+@triton.jit
+def _load_r_rows_t(R_ptr, h, NH, od, md, oc, mc, DH: tl.constexpr):
+    """R_g[oc, :]^T as [DHP, BN] tiles for the 4 gates, in the input dtype (the backward's dy R^T)."""
+    off = (h * DH + oc[None, :]) * DH + od[:, None]
+    msk = md[:, None] & mc[None, :]
+    gs = NH * DH * DH
+    return (tl.load(R_ptr + off, mask=msk, other=0.0), tl.load(R_ptr + gs + off, mask=msk, other=0.0),
+            tl.load(R_ptr + 2 * gs + off, mask=msk, other=0.0), tl.load(R_ptr + 3 * gs + off, mask=msk, other=0.0))
+
+
+@triton.jit
+def _slstm_fw_split(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, cnt_ptr, B, S, NH, T0, T1,
+                    DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    RESIDENT: tl.constexpr, SYNC: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """Steps T0 .. T1-1 of the forward for the columns of program (batch tile, head, split)."""
+    pb, h, nsplit, mb, rowb, oc, mc, m2, od, md = _split_program(B, DH, DHP, BB, BN)
+    DT = wx_ptr.dtype.element_ty
+    BND = B * NH * DH
+    gstride = NH * DH
+    RG = NH * DH * DH
+    bi = tl.load(b_ptr + h * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    bf = tl.load(b_ptr + (NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    bz = tl.load(b_ptr + (2 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    bo = tl.load(b_ptr + (3 * NH + h) * DH + oc, mask=mc, other=0.0).to(tl.float32)[None, :]
+    if RESIDENT:
+        # the 4 gates' slices side by side, [DHP, 4 * BN] (column g * BN + j is gate g, column p * BN + j): one
+        # product per step with N = 4 * BN spreads over the warps (N = BN = 16 alone would replicate them)
+        q4 = tl.arange(0, 4 * BN)
+        j4 = tl.program_id(2) * BN + q4 % BN
+        R4 = tl.load(R_ptr + (q4 // BN)[None, :] * RG + (h * DH + od[:, None]) * DH + j4[None, :],
+                     mask=md[:, None] & (j4 < DH)[None, :], other=0.0)
+    # this program's columns of (c, n, m) before step T0, then carried in registers
+    if T0 > 0:
+        src = hs_ptr + ((rowb * S + T0 - 1)[:, None] * 4 * NH + h) * DH + oc[None, :]
+        sst = gstride
+    else:
+        src = s0_ptr + (rowb[:, None] * NH + h) * DH + oc[None, :]
+        sst = BND
+    c = tl.load(src + sst, mask=m2, other=0.0)
+    n = tl.load(src + 2 * sst, mask=m2, other=0.0)
+    m = tl.load(src + 3 * sst, mask=m2, other=0.0)
+    for t in range(T0, T1):
+        keep = tl.zeros([BB, 1], dtype=tl.float32) + 1.0
+        if HAS_RESET:
+            r = tl.load(rs_ptr + rowb * S + t, mask=mb, other=0)
+            keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        row = rowb * S + t
+        # y_{t-1} over all DH columns: written by every program of the group (L2 loads, not L1)
+        if t > 0:
+            ysrc = hs_ptr + (row - 1)[:, None] * 4 * NH * DH + h * DH
+        else:
+            ysrc = s0_ptr + rowb[:, None] * NH * DH + h * DH
+        if RESIDENT:
+            # bf16: the product rounds y to bf16 anyway; narrowing at the load halves the operand's registers
+            yk = tl.load(ysrc + od[None, :], mask=mb[:, None] & md[None, :], other=0.0, cache_modifier=".cg")
+            yk = tl.where(keep != 0.0, yk, 0.0).to(tl.bfloat16 if DT == tl.bfloat16 else tl.float32)
+            # [BB, 4 * BN] -> [BB, BN, 4] -> gate g = 2a + b at [..., a, b]: split b, then a
+            acc4 = tl.reshape(tl.permute(tl.reshape(mm(yk, R4, DT, EMU), (BB, 4, BN)), (0, 2, 1)), (BB, BN, 2, 2))
+            acc_iz, acc_fo = tl.split(acc4)
+            acc_i, acc_z = tl.split(acc_iz)
+            acc_f, acc_o = tl.split(acc_fo)
+        else:
+            acc_i, acc_f, acc_z, acc_o = _y_times_r(ysrc, keep, R_ptr, h, NH, mb, oc, mc, DH, BB, BN, BK, DT, EMU)
+        gate = (row[:, None] * 4 * NH + h) * DH + oc[None, :]
+        ri = tl.load(wx_ptr + gate, mask=m2, other=0.0).to(tl.float32) + acc_i + bi
+        rf = tl.load(wx_ptr + gate + gstride, mask=m2, other=0.0).to(tl.float32) + acc_f + bf
+        rz = tl.load(wx_ptr + gate + 2 * gstride, mask=m2, other=0.0).to(tl.float32) + acc_z + bz
+        ro = tl.load(wx_ptr + gate + 3 * gstride, mask=m2, other=0.0).to(tl.float32) + acc_o + bo
+        y, c, n, m = _cell_fw(ri, rf, rz, ro, c * keep, n * keep, m * keep)
+        y = tl.where(m2, y, 0.0)
+        tl.store(y_ptr + (row[:, None] * NH + h) * DH + oc[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+        _store4(hs_ptr, gate, gstride, y, c, n, m, m2)
+        _store4(gs_ptr, gate, gstride, ri, rf, rz, ro, m2)
+        if SYNC:
+            _group_barrier(cnt_ptr + pb * NH + h, (t - T0 + 1) * nsplit)
+
+
+@triton.jit
+def _slstm_bw_split(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, cur_ptr, dg_ptr, ds0_ptr, cnt_ptr, B, S, NH,
+                    T0, T1, DH: tl.constexpr, DHP: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr, RESIDENT: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr,
+                    HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """Reverse steps T1-1 .. T0 of the backward for the columns of program (batch tile, head, split).
+
+    Per step, phase 1 (own columns): gate gradients from dy and the carried (dy_rec, dc, dn), stored for
+    every program to read; phase 2 (after the group barrier): dy_rec = sum_g dgate_g R_g[oc, :]^T for the own
+    columns. PHASES: 3 both (SYNC between them), 1 or 2 only that phase (a launch per phase). ``cur``
+    (3, B, NH, DH) holds (dy_rec, dc, dn) between launches."""
+    pb, h, nsplit, mb, rowb, oc, mc, m2, od, md = _split_program(B, DH, DHP, BB, BN)
+    DT = dy_ptr.dtype.element_ty
+    BND = B * NH * DH
+    gstride = NH * DH
+    RG = NH * DH * DH
+    st = (rowb[:, None] * NH + h) * DH + oc[None, :]
+    dy_rec = tl.load(cur_ptr + st, mask=m2, other=0.0)
+    dc = tl.load(cur_ptr + BND + st, mask=m2, other=0.0)
+    dn = tl.load(cur_ptr + 2 * BND + st, mask=m2, other=0.0)
+    if RESIDENT and PHASES != 1:
+        RTi, RTf, RTz, RTo = _load_r_rows_t(R_ptr, h, NH, od, md, oc, mc, DH)
+    for tt in range(T1 - T0):
+        t = T1 - 1 - tt
+        keep = tl.zeros([BB, 1], dtype=tl.float32) + 1.0
+        if HAS_RESET:
+            r = tl.load(rs_ptr + rowb * S + t, mask=mb, other=0)
+            keep = tl.where(r != 0, 0.0, 1.0)[:, None]
+        row = rowb * S + t
+        if PHASES != 2:
+            gate = (row[:, None] * 4 * NH + h) * DH + oc[None, :]
+            if t > 0:
+                src = hs_ptr + gate - 4 * NH * DH
+                sst = gstride
+            else:
+                src = s0_ptr + st
+                sst = BND
+            cp = tl.load(src + sst, mask=m2, other=0.0) * keep
+            np_ = tl.load(src + 2 * sst, mask=m2, other=0.0) * keep
+            mp = tl.load(src + 3 * sst, mask=m2, other=0.0) * keep
+            ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
+            rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
+            rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
+            ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
+            nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
+            mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            dy = tl.load(dy_ptr + (row[:, None] * NH + h) * DH + oc[None, :], mask=m2, other=0.0).to(tl.float32)
+            d_i, d_f, d_z, d_o, dlf, dc, dn = _cell_bw(dy + dy_rec, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp,
+                                                        m2)
+            _store4(dg_ptr, gate, gstride, d_i, d_f, d_z, d_o, m2)
+            dc = dc * keep
+            dn = dn * keep
+            if t == 0:
+                tl.store(ds0_ptr + BND + st, dc, mask=m2)
+                tl.store(ds0_ptr + 2 * BND + st, dn, mask=m2)
+                tl.store(ds0_ptr + 3 * BND + st, dlf * keep, mask=m2)
+        if SYNC:
+            _group_barrier(cnt_ptr + pb * NH + h, (tt + 1) * nsplit)
+        if PHASES != 1:
+            # every program's gate gradients of this step, all DH columns (L2 loads)
+            gsrc = dg_ptr + row[:, None] * 4 * NH * DH + h * DH
+            if RESIDENT:
+                mfull = mb[:, None] & md[None, :]
+                acc = mm(tl.load(gsrc + od[None, :], mask=mfull, other=0.0, cache_modifier=".cg"), RTi, DT, EMU)
+                acc += mm(tl.load(gsrc + gstride + od[None, :], mask=mfull, other=0.0, cache_modifier=".cg"), RTf,
+                          DT, EMU)
+                acc += mm(tl.load(gsrc + 2 * gstride + od[None, :], mask=mfull, other=0.0, cache_modifier=".cg"),
+                          RTz, DT, EMU)
+                acc += mm(tl.load(gsrc + 3 * gstride + od[None, :], mask=mfull, other=0.0, cache_modifier=".cg"),
+                          RTo, DT, EMU)
+            else:
+                acc = tl.zeros([BB, BN], dtype=tl.float32)
+                for kb in range(0, tl.cdiv(DH, BK)):
+                    ok = kb * BK + tl.arange(0, BK)
+                    mk = ok < DH
+                    mg = mb[:, None] & mk[None, :]
+                    rT = (h * DH + oc[None, :]) * DH + ok[:, None]  # R_g[oc, ok]^T as a (BK, BN) tile
+                    rm = mk[:, None] & mc[None, :]
+                    acc += mm(tl.load(gsrc + ok[None, :], mask=mg, other=0.0, cache_modifier=".cg"),
+                              tl.load(R_ptr + rT, mask=rm, other=0.0), DT, EMU)
+                    acc += mm(tl.load(gsrc + gstride + ok[None, :], mask=mg, other=0.0, cache_modifier=".cg"),
+                              tl.load(R_ptr + RG + rT, mask=rm, other=0.0), DT, EMU)
+                    acc += mm(tl.load(gsrc + 2 * gstride + ok[None, :], mask=mg, other=0.0, cache_modifier=".cg"),
+                              tl.load(R_ptr + 2 * RG + rT, mask=rm, other=0.0), DT, EMU)
+                    acc += mm(tl.load(gsrc + 3 * gstride + ok[None, :], mask=mg, other=0.0, cache_modifier=".cg"),
+                              tl.load(R_ptr + 3 * RG + rT, mask=rm, other=0.0), DT, EMU)
+            dy_rec = acc * keep
+            if t == 0:
+                tl.store(ds0_ptr + st, dy_rec, mask=m2)
+    tl.store(cur_ptr + st, dy_rec, mask=m2)
+    tl.store(cur_ptr + BND + st, dc, mask=m2)
+    tl.store(cur_ptr + 2 * BND + st, dn, mask=m2)
+
+
+def split_plan(B: int, NH: int, DH: int, num_sms: int, elem_bytes: int):
+    """(BN, resident) for the split kernels, or None where the blocked kernel already has enough programs.
+
+    The smallest column block BN in (16, 32, 64) whose grid (batch tiles x heads x ceil(DH / BN)) fits on
+    the SMs at once (the spin barrier needs every program resident), with at least two programs per group;
+    the smallest BN makes each program's R slice (and the step's latency) smallest, and BN 16 is the tile that
+    compiles without spills on sm_90 (``tools/bench/kernels.py --aot-check``; every shipped run's micro-batch is
+    one batch tile, so its 4 heads x DH / 16 programs fit 132 SMs up to DH 512). ``resident``: the slice
+    (4 x DHP x BN in the input dtype) fits ``R_RESIDENT_BYTES`` and stays on chip."""
+    DHP = max(16, triton.next_power_of_2(DH))
+    groups = triton.cdiv(B, BB) * NH
+    for BN in (16, 32, 64):
+        if BN < DHP and groups * triton.cdiv(DH, BN) <= num_sms:
+            return BN, 4 * DHP * BN * elem_bytes <= R_RESIDENT_BYTES
+    return None
+
+
+def _split_choice(wx, DH):
+    """The split plan for this call (``SPLIT_OVERRIDE``), by default only on a GPU for the column-blocked
+    head sizes."""
+    if SPLIT_OVERRIDE is not None:
+        return SPLIT_OVERRIDE or None
+    if INTERPRET or not _use_blocked(DH) or os.environ.get("XLSTM_SLSTM_SPLIT", "1") == "0":
+        return None
+    B, NH = wx.shape[0], wx.shape[3]
+    sms = torch.cuda.get_device_properties(wx.device).multi_processor_count
+    return split_plan(B, NH, DH, sms, wx.element_size())
+
+
+def _split_args(DH, BN, resident):
+    return dict(DH=DH, DHP=max(16, triton.next_power_of_2(DH)), BB=BB, BN=BN, BK=SPLIT_BK, RESIDENT=resident,
+                EMU=INTERPRET, num_warps=_SPLIT_WARPS, num_stages=1)
+
+
+def _split_fw(wx, R, b, s0, rs, y, hs, gs, plan):
+    B, S, _, NH, DH = wx.shape
+    BN, resident = plan
+    grid = (triton.cdiv(B, BB), NH, triton.cdiv(DH, BN))
+    cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
+    rs_arg = rs if rs is not None else s0
+    kw = dict(HAS_RESET=rs is not None, **_split_args(DH, BN, resident))
+    if INTERPRET:  # programs run one after another: one launch per step, the launch boundary is the barrier
+        for t in range(S):
+            _slstm_fw_split[grid](wx, R, b, s0, rs_arg, y, hs, gs, cnt, B, S, NH, t, t + 1, SYNC=False, **kw)
+    else:
+        _slstm_fw_split[grid](wx, R, b, s0, rs_arg, y, hs, gs, cnt, B, S, NH, 0, S, SYNC=True, **kw)
+
+
+def _split_bw(dy, R, hs, gs, s0, rs, dsN, dg, ds0, plan):
+    B, S, _, NH, DH = hs.shape
+    BN, resident = plan
+    grid = (triton.cdiv(B, BB), NH, triton.cdiv(DH, BN))
+    cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=dy.device)
+    cur = dsN.contiguous().clone()
+    rs_arg = rs if rs is not None else s0
+    kw = dict(HAS_RESET=rs is not None, **_split_args(DH, BN, resident))
+    args = (dy, R, hs, gs, s0, rs_arg, cur, dg, ds0, cnt, B, S, NH)
+    if INTERPRET:
+        for t in reversed(range(S)):
+            for phase in (1, 2):
+                _slstm_bw_split[grid](*args, t, t + 1, PHASES=phase, SYNC=False, **kw)
+    else:
+        _slstm_bw_split[grid](*args, 0, S, PHASES=3, SYNC=True, **kw)
+
+
 REG_MAX_DH = 64  # heads up to this size keep R and the state in registers
 
 
@@ -430,12 +729,16 @@ class _SLSTMTriton(torch.autograd.Function):
         gs = torch.empty(B, S, 4, NH, DH, dtype=f32, device=dev)  # raw gate pre-activations
         grid = (triton.cdiv(B, BB), NH)
         rs_arg = rs if rs is not None else s0
-        if _use_blocked(DH):
+        plan = _split_choice(wx, DH)
+        if plan is not None:
+            _split_fw(wx, Rc, bc, s0, rs, y, hs, gs, plan)
+        elif _use_blocked(DH):
             _slstm_fw_blocked[grid](wx, Rc, bc, s0, rs_arg, y, hs, gs, B, S, NH, HAS_RESET=rs is not None,
                                     **_blocked_args(DH))
         else:
             _slstm_fw[grid](wx, Rc, bc, s0, rs_arg, y, hs, gs, B, S, NH, HAS_RESET=rs is not None, **_reg_args(DH))
         ctx.save_for_backward(wx, Rc, bc, s0, rs, hs, gs)
+        ctx.plan = plan
         ctx.dtypes = (wx.dtype, R.dtype, b.dtype, y0.dtype, c0.dtype, n0.dtype, m0.dtype)
         last = hs[:, S - 1]  # (B, 4, NH, DH)
         m_final = last[:, 3].clone()
@@ -455,7 +758,10 @@ class _SLSTMTriton(torch.autograd.Function):
         ds0 = torch.empty(4, B, NH, DH, dtype=f32, device=dev)
         grid = (triton.cdiv(B, BB), NH)
         rs_arg = rs if rs is not None else s0
-        if _use_blocked(DH):
+        plan = ctx.plan
+        if plan is not None:
+            _split_bw(dy, R, hs, gs, s0, rs, dsN, dg, ds0, plan)
+        elif _use_blocked(DH):
             scr = torch.zeros(2, 3, B, NH, DH, dtype=f32, device=dev)
             scr[(S - 1) % 2] = dsN
             _slstm_bw_blocked[grid](dy, R, hs, gs, s0, rs_arg, scr, dg, ds0, B, S, NH, HAS_RESET=rs is not None,

@@ -62,7 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-correctness", action="store_true")
     p.add_argument("--slstm-B", type=int, default=8)
     p.add_argument("--slstm-NH", type=int, default=4)
-    p.add_argument("--slstm-DH", type=int, default=128)
+    p.add_argument("--slstm-DH", type=int, default=192, help="default: the 125M xLSTM[7:1]'s sLSTM heads")
+    p.add_argument("--slstm-official-cuda", action="store_true",
+                   help="also time the official xlstm sLSTM CUDA backend (compiled just in time: minutes)")
     p.add_argument("--slstm-S", type=int, default=2048)
     p.add_argument("--aot-check", action="store_true",
                    help="compile every kernel for --aot-arch without a GPU; report smem / registers / spills")
@@ -316,9 +318,30 @@ def mlstm_speed(args, device, dtype):
                 f"{args.dtype} (time, TFLOP/s of our FLOP count, x = peer time / ours)", ["S"] + names, rows)
 
 
+def _official_slstm(backend, B, S, NH, DH, dtype, device, R, b):
+    """The official ``xlstm`` sLSTM cell (``vanilla``: a torch loop; ``cuda``: its fused CUDA kernel, compiled
+    just in time) with our R and b, as a function of our wx layout."""
+    import torch
+    from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
+
+    dt = {"torch.bfloat16": "bfloat16", "torch.float16": "float16"}.get(str(dtype), "float32")
+    cell = sLSTMCell(sLSTMCellConfig(hidden_size=NH * DH, num_heads=NH, backend=backend, dtype=dt,
+                                     enable_automatic_mixed_precision=False)).to(device)
+    with torch.no_grad():
+        # ours: R (4, NH, DH_in, DH_out), y @ R; theirs: (NH, 4, DH_out, DH_in) flattened
+        cell._recurrent_kernel_.copy_(R.detach().permute(1, 0, 3, 2).reshape(cell._recurrent_kernel_.shape))
+        cell._bias_.copy_(b.detach().reshape(cell._bias_.shape))
+
+    def fn(wx, R_, b_):
+        out, _ = cell(wx.reshape(B, S, 4 * NH * DH))
+        return out
+    return fn
+
+
 def slstm_speed(args, device, dtype):
     import torch
 
+    from xlstm_kernels.slstm import recurrent_triton as rt
     from xlstm_kernels.slstm import slstm_recurrent
     from xlstm_kernels.slstm.recurrent_triton import flops_fwbw, slstm_recurrent_triton
 
@@ -328,24 +351,39 @@ def slstm_speed(args, device, dtype):
     R = (torch.randn(4, NH, DH, DH, generator=g, device=device) * 0.3 / math.sqrt(DH)).to(dtype).requires_grad_()
     b = torch.randn(4, NH, DH, generator=g, device=device).to(dtype).requires_grad_()
 
-    def fwbw(fn):
+    def fwbw(fn, override=None):
         def run():
-            y = fn(wx, R, b)
-            y.backward(torch.ones_like(y))
+            saved = rt.SPLIT_OVERRIDE
+            rt.SPLIT_OVERRIDE = override
+            try:
+                y = fn(wx, R, b)
+                y.backward(torch.ones_like(y))
+            finally:
+                rt.SPLIT_OVERRIDE = saved
         return run
 
+    # ours as dispatched (split kernels where split_plan picks them), ours with the split off (blocked /
+    # register kernels), the torch reference, and the official xlstm cell: vanilla (torch) and cuda (if it builds)
+    plan = None if device.type != "cuda" or not rt._use_blocked(DH) else rt.split_plan(
+        B, NH, DH, torch.cuda.get_device_properties(device).multi_processor_count, wx.element_size())
+    cands = [("ours (triton)", lambda: fwbw(slstm_recurrent_triton)),
+             ("ours, split off", lambda: fwbw(slstm_recurrent_triton, override=False)),
+             ("torch reference", lambda: fwbw(slstm_recurrent))]
+    if not args.skip_peers:
+        for backend in ("vanilla", "cuda") if args.slstm_official_cuda else ("vanilla",):
+            cands.append((f"official xlstm {backend}",
+                          lambda backend=backend: fwbw(_official_slstm(backend, B, S, NH, DH, dtype, device, R, b))))
     res = {}
-    for name, fn in (("ours (triton)", slstm_recurrent_triton), ("torch reference", slstm_recurrent)):
-        res[name] = guarded(lambda: timeit(fwbw(fn), device, 1, max(1, args.reps // 2)))
+    for name, make in cands:
+        res[name] = guarded(lambda make=make: timeit(make(), device, 1, max(1, args.reps // 2)))
     flops = flops_fwbw(B, S, NH, DH)
     ours = res["ours (triton)"][0]
     row = [S]
     for name, (t, err) in res.items():
         row.append(err[:24] if t is None else
                    f"{t * 1e3:.2f}ms {flops / t / 1e12:.2f}TF" + (f" x{t / ours:.2f}" if ours and name != "ours (triton)" else ""))
-    print_table(f"sLSTM forward+backward, B={B} NH={NH} DH={DH} {args.dtype} (x = reference time / ours)",
-                ["S"] + list(res), [row])
-
+    print_table(f"sLSTM forward+backward, B={B} NH={NH} DH={DH} {args.dtype}, split plan {plan} "
+                f"(x = that time / ours; target: official vanilla >= x10)", ["S"] + list(res), [row])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -360,6 +398,8 @@ SMEM_LIMIT = 232448  # bytes of shared memory per block on sm_90 (227 KiB)
 SHIPPED_MLSTM = [("7B", 256, 512), ("125M", 384, 384), ("350M", 512, 512), ("760M", 768, 768), ("1.3B", 1024, 1024)]
 SHIPPED_CHUNK = 64
 SHIPPED_SLSTM_DH = [192, 256, 384, 512]  # 125M, 350M, 760M, 1.3B
+SHIPPED_SLSTM_B = 8  # micro-batch of the shipped 125M runs (configs/runs/*125m*)
+H100_SMS = 132
 _MLSTM_KERNELS = (("_fw_recurrent", "_REC_CONFIGS"), ("_fw_output", "_PAR_CONFIGS"), ("_bw_recurrent", "_REC_CONFIGS"),
                   ("_bw_dqk", "_DQK_CONFIGS"), ("_bw_dv", "_PAR_CONFIGS"), ("_bw_mchain", None), ("_bw_prep", None))
 
@@ -406,6 +446,18 @@ def _kernel_variants(quick):
                 out.append((f"sLSTM {name} DH{DH} BN{c.kwargs['BN']}", getattr(rt, name),
                             dict(DH=DH, BB=rt.BB, HAS_RESET=True, EMU=False, **c.kwargs), c.num_warps, c.num_stages,
                             dt, asserted))
+    # split kernels at the plan the launcher picks for the shipped runs (micro-batch 8, 4 heads, 132 SMs), and the
+    # re-read (non-resident) form at a larger column block (reported only)
+    split_cases = [(dh, rt.split_plan(SHIPPED_SLSTM_B, 4, dh, H100_SMS, 2), True) for dh in SHIPPED_SLSTM_DH]
+    if not quick:
+        split_cases += [(dh, (32, False), False) for dh in (192, 512)]
+    for DH, (BN, resident), asserted in split_cases:
+        base = dict(DH=DH, DHP=max(16, 1 << (DH - 1).bit_length()), BB=rt.BB, BN=BN, BK=rt.SPLIT_BK,
+                    RESIDENT=resident, SYNC=True, HAS_RESET=True, EMU=False)
+        tag = f"DH{DH} BN{BN}{' R-resident' if resident else ''}"
+        out.append((f"sLSTM _slstm_fw_split {tag}", rt._slstm_fw_split, base, rt._SPLIT_WARPS, 1, "bf16", asserted))
+        out.append((f"sLSTM _slstm_bw_split {tag}", rt._slstm_bw_split, dict(base, PHASES=3), rt._SPLIT_WARPS, 1,
+                    "bf16", asserted))
     return out
 
 
@@ -413,7 +465,7 @@ def _arg_type(name, dt):
     if name in ("q_ptr", "k_ptr", "v_ptr", "h_ptr", "dh_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "wx_ptr", "y_ptr", "dy_ptr",
                 "R_ptr", "b_ptr"):
         return f"*{dt}"
-    if name == "rs_ptr":
+    if name in ("rs_ptr", "cnt_ptr"):
         return "*i32"
     if name.endswith("_ptr"):
         return "*fp32"
