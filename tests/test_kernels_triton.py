@@ -17,6 +17,7 @@ import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
+import weakref  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -31,6 +32,7 @@ from kernel_checks import fresh_selfcheck  # noqa: E402,F401  (autouse fixture)
 from xlstm_kernels import selfcheck  # noqa: E402
 from xlstm_kernels.mlstm import chunkwise_triton, mlstm_chunkwise  # noqa: E402
 from xlstm_kernels.slstm import recurrent_triton, slstm_recurrent  # noqa: E402
+from xlstm_pretrain.memory import kernel_states  # noqa: E402
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 if type(triton.language.standard.cumsum).__name__ != ("InterpretedFunction" if INTERPRET else "JITFunction"):
@@ -99,6 +101,72 @@ def test_mlstm_half_inputs(dtype):
     print(f"\n[mlstm {dtype} vs fp64] " + ", ".join(report))
 
 
+class _EmptySpy:
+    """Stands in for ``torch`` inside chunkwise_triton (monkeypatched there): every ``torch.empty`` of the module
+    is recorded as (shape, dtype, weak reference); everything else is torch's own."""
+
+    def __init__(self):
+        self.allocs = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def empty(self, *shape, **kwargs):
+        t = torch.empty(*shape, **kwargs)
+        self.allocs.append((tuple(t.shape), t.dtype, weakref.ref(t)))
+        return t
+
+    def dtypes(self, shape):
+        return [dt for sh, dt, _ in self.allocs if sh == shape]
+
+    def live_bytes(self, shapes):
+        return sum(t.nbytes for sh, _, ref in self.allocs if sh in shapes and (t := ref()) is not None)
+
+
+def test_mlstm_bf16_states_change_only_the_carried_decay_gradient(monkeypatch):
+    """bf16 inputs keep the per-chunk states C_all / dC_all in bf16 (``chunkwise_triton.state_dtype``). Their
+    readers feed them to mm, which rounds its operands to bf16 anyway, except the fp32 sum of C_c * dC_{c+1}
+    in _bw_dqk (the gradient through the carried state's decay): h, the final state and dq, dk, dv, dC0, dn0
+    are bit-identical to forced fp32 states, di / df / dm0 differ by the rounding of that sum. The returned
+    final C and dC0 are fp32 buffers of their own, never rounded to bf16."""
+    B, NH, S, DK, DV, L = 2, 2, 37, 16, 32, 16
+    NC = -(-S // L)
+    xs, reset, weights = mlstm_problem(B, NH, S, DK, DV)
+    xs = [x.to(torch.bfloat16).float() if j < 3 else x for j, x in enumerate(xs)]  # the reference sees these
+    ref_o, ref_g = mlstm_run(parallel_ref, xs, reset, weights, dtype=F64, final=True)
+    runs = {}
+    for fp32_states in (True, False):
+        spy = _EmptySpy()
+        monkeypatch.setattr(chunkwise_triton, "FP32_STATES", fp32_states)
+        monkeypatch.setattr(chunkwise_triton, "torch", spy)
+        out, grads = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=torch.bfloat16,
+                               final=True, chunk_size=L)
+        monkeypatch.setattr(chunkwise_triton, "torch", torch)
+        # C_all in the forward and again in the backward (recomputed), then dC_all; the final C / dC0 buffers
+        assert spy.dtypes((B * NH, NC, DK, DV)) == [torch.float32 if fp32_states else torch.bfloat16] * 3
+        assert spy.dtypes((B * NH, DK, DV)) == [torch.float32] * 3
+        runs[fp32_states] = out + grads
+    names = ["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"]
+    # bit-identical where the tiles are fixed (the interpreter, or no autotuning: tiles set the summation order)
+    exact = INTERPRET or os.environ.get("XLSTM_TRITON_AUTOTUNE") == "0"
+    report = []
+    for name, a16, a32, ref in zip(names, runs[False], runs[True], ref_o + ref_g):
+        diff = rel_err(a16, a32.to(F64))
+        report.append(f"{name} {diff:.1e} (vs fp64 {rel_err(a16, ref):.1e} / {rel_err(a32, ref):.1e})")
+        if name in ("di", "df", "dm0"):
+            assert diff < 2e-2 and rel_err(a16, ref) < 3e-2, f"{name}: {diff:.2e} from fp32 states"
+        elif exact:
+            assert torch.equal(a16, a32), f"{name}: {diff:.2e} from fp32 states"
+        else:
+            assert diff < 1e-2, f"{name}: {diff:.2e} from fp32 states"
+    C, dC0 = runs[False][1], runs[False][9]
+    for name, x in (("C", C), ("dC0", dC0)):
+        rounded = torch.equal(x, x.to(torch.bfloat16).float())
+        assert x.dtype == torch.float32 and not rounded, f"{name}: {x.dtype}, rounded to bf16: {rounded}"
+    print("\n[mlstm bf16 inputs: bf16 vs fp32 states, rel. max diff (vs fp64: bf16 / fp32 states)] "
+          + ", ".join(report))
+
+
 def test_mlstm_fp16_large_normaliser_ratio():
     """fp16 inputs where 1/denominator reaches ~1e6 (tiny q.k, large input gate so the exp(-m) floor is
     below eps): dh / denom is far beyond fp16's 65504, so no fp32 intermediate may be rounded to fp16
@@ -147,36 +215,63 @@ def test_mlstm_state_passing_and_grad_through_carried_state():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
-def test_mlstm_states_recomputed_in_backward_save_the_predicted_bytes(monkeypatch):
-    """The per-chunk fp32 states are not kept for the backward (recomputed from the initial state, here the
-    caller's own tensors): the saved bytes drop by exactly the (NC + 1) states (C, n, m) of
-    B*NH*(DHQK*DHV + DHQK + 1) fp32 each, and the gradients are bit-identical."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_mlstm_states_recomputed_in_backward_save_the_predicted_bytes(monkeypatch, dtype):
+    """The per-chunk states are not kept for the backward (recomputed from the initial state, here the caller's
+    own tensors): the saved bytes drop by exactly the states (C before each of the NC chunks, in ``state_dtype``:
+    bf16 for bf16 inputs; n, m before each chunk and after the last, fp32), as the memory model counts them
+    (``kernel_states.mlstm_triton_chunk_states``), and the gradients are bit-identical. While ``_bw_dqk`` runs,
+    the live state buffers (recomputed states, dC_all, dn_all, dC0) are ``mlstm_triton_backward_states``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "bench"))
     from activation_memory import saved_activation_bytes
 
     B, NH, S, DK, DV, L = 1, 2, 70, 32, 16, 16
-    NC = -(-S // L)
+    H, NC = B * NH, -(-S // L)
+    a = torch.finfo(dtype).bits // 8
     xs, reset, _ = mlstm_problem(B, NH, S, DK, DV)
     dev = triton_test_device()
+    spy = _EmptySpy()
+    live = {}
+    bw_dqk = chunkwise_triton._bw_dqk
+
+    class _Launch:  # records the live state buffers when _bw_dqk is launched
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                live["bytes"] = spy.live_bytes({(H, NC, DK, DV), (H, DK, DV), (H, NC + 1, DK), (H, NC + 1)})
+                return bw_dqk[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(chunkwise_triton, "_bw_dqk", _Launch())
 
     def run(recompute):
         monkeypatch.setattr(chunkwise_triton, "RECOMPUTE_STATES_IN_BACKWARD", recompute)
-        leaves = [x.to(dev).requires_grad_() for x in xs]
+        leaves = [x.to(dev, dtype if j < 3 else torch.float32).requires_grad_() for j, x in enumerate(xs)]
         out = {}
 
         def fwd():
             out["h"], out["st"] = chunkwise_triton.mlstm_chunkwise_triton(
                 *leaves[:5], initial_state=tuple(leaves[5:]), reset=reset.to(dev), return_final_state=True,
                 chunk_size=L)
+        monkeypatch.setattr(chunkwise_triton, "torch", spy)
         saved = saved_activation_bytes(fwd)
-        loss = (out["h"] * 1.3).sum() + out["st"][0].sum() + out["st"][1].sum() + out["st"][2].sum()
-        return saved, torch.autograd.grad(loss, leaves)
+        spy.allocs.clear()  # from here on: the backward's buffers
+        loss = (out["h"].float() * 1.3).sum() + out["st"][0].sum() + out["st"][1].sum() + out["st"][2].sum()
+        grads = torch.autograd.grad(loss, leaves)
+        monkeypatch.setattr(chunkwise_triton, "torch", torch)
+        return saved, grads
 
     saved_all, grads_all = run(False)
+    live.clear()
     saved_recompute, grads_recompute = run(True)
-    assert saved_all - saved_recompute == (NC + 1) * B * NH * (DK * DV + DK + 1) * 4, (saved_all, saved_recompute)
-    for a, b in zip(grads_all, grads_recompute):
-        assert torch.equal(a, b)
+    state_bytes = {torch.float32: 4, torch.bfloat16: 2}[dtype]
+    states = H * (NC * DK * DV * state_bytes + (NC + 1) * (DK + 1) * 4)
+    assert kernel_states.mlstm_triton_chunk_states(H, NC, DK, DV, a) == states
+    assert saved_all - saved_recompute == states, (saved_all, saved_recompute, states)
+    grad_bytes = H * (NC * DK * DV * state_bytes + (NC + 1) * DK * 4 + DK * DV * 4)  # dC_all, dn_all, dC0
+    assert kernel_states.mlstm_triton_backward_states(H, NC, DK, DV, a) == states + grad_bytes
+    assert live["bytes"] == states + grad_bytes, (live["bytes"], states + grad_bytes)
+    for g_all, g_recompute in zip(grads_all, grads_recompute):
+        assert torch.equal(g_all, g_recompute)
 
 
 def test_autotune_bypassed_under_interpreter_and_pruning():

@@ -22,11 +22,12 @@ Notation per chunk c of L tokens (positions t, s inside the chunk), gates in fp3
 
 Kernels:
   forward  1. ``_fw_recurrent``: one program per (b*head, DHQK tile, DHV tile) loops over the chunks and
-              stores the state before every chunk (and the final state).
+              stores the state before every chunk (C in ``state_dtype``) and the final state (fp32).
            2. ``_fw_output``: one program per (b*head, chunk): P = D * Q K^T once, then the outputs DHV tile
               by DHV tile; m_row and den per token.
   backward 0. ``_bw_prep``: per token 1/denom, d den, d m_row from <dh, h>.
-           1. ``_bw_recurrent``: reverse loop over chunks for dC, dn before every chunk (dC_0 = dC0).
+           1. ``_bw_recurrent``: reverse loop over chunks for dC_{c+1} (``state_dtype``), dn after every chunk
+              and dC0, dn0 (fp32).
            2. ``_bw_dqk``: one program per (b*head, chunk): dq, dk, and the per-chunk gate gradients
               with m held fixed, plus the routing of the m path (which argmax each max picked).
            3. ``_bw_dv``: one program per (b*head, chunk): P once, then dv DHV tile by DHV tile.
@@ -40,13 +41,19 @@ Ties in a max split the gradient like torch (maximum: halves, amax: evenly), whi
 exact ties. Inputs are bf16 / fp16 / fp32 (fp64 inputs are handled by the torch reference;
 fp16 matmuls use tf32 products, fp16's precision with fp32's range: see ``triton_utils.mm``). The chunk
 length is the package's rule (``kernels/chunking.py``: ``min(chunk_size, next_pow2(S))``) with tl.dot's
-minimum of 16: the chunk length changes only rounding, never the function. Memory: the forward materialises the states before every chunk in fp32
-(B*NH*(S/L+1)*DHQK*DHV*4 bytes) but does not keep them for the backward: with
-``RECOMPUTE_STATES_IN_BACKWARD`` (default) the backward re-runs ``_fw_recurrent`` from the saved initial
-state (bit-identical states; the cost is the state-update matmuls, ~1/3 of the forward's), so the
-states are only a transient buffer of the layer being differentiated (with their gradients, the same
-size again) instead of being held for every layer of the model until its backward (e.g. ~2 GiB per
-layer, ~99 GiB in all, for the 1.3B paper model at micro-batch 4). TFLA and FLA make the same trade.
+minimum of 16: the chunk length changes only rounding, never the function.
+
+Memory: the forward materialises the state C before every chunk, C_all (B*NH*(S/L)*DHQK*DHV elements), in
+``state_dtype``: the input dtype for bf16 inputs (every reader of C_all and of its gradient dC_all on the
+bf16 path feeds them to ``mm``, which rounds its operands to bf16 anyway: h is bit-identical to fp32 states,
+the backward differs only in the gate gradients through the carried state's decay, an fp32 sum of
+C_c * dC_{c+1}), fp32 for fp32 and fp16 inputs. n and m before every chunk stay fp32 (small); the returned
+final state and the initial-state gradients are fp32 buffers of their own, never rounded. The states are not
+kept for the backward: with ``RECOMPUTE_STATES_IN_BACKWARD`` (default) the backward re-runs ``_fw_recurrent`` from the
+saved initial state (bit-identical states; the cost is the state-update matmuls, ~1/3 of the forward's), so
+the states are only a transient buffer of the layer being differentiated (with their gradients, the same
+size again) instead of being held for every layer of the model until its backward (e.g. ~1 GiB per layer in
+bf16, ~48 GiB in all, for the 1.3B paper model at micro-batch 4). TFLA and FLA make the same trade.
 With user inputs i = -inf everywhere in a chunk's last segment, the reference floors m at 0 (its ``log_a_max`` guard) and these kernels do not (eps-level).
 """
 
@@ -65,8 +72,28 @@ from .naive import check_inputs
 
 NEG_INF = tl.constexpr(float("-inf"))
 # Keep only the initial state for the backward and recompute the per-chunk states there (see the module
-# docstring). False keeps every chunk's fp32 state from the forward (more memory, no recomputation).
+# docstring). False keeps every chunk's state from the forward (more memory, no recomputation).
 RECOMPUTE_STATES_IN_BACKWARD = True
+# True stores the per-chunk states C_all / dC_all in fp32 whatever the input dtype (see ``state_dtype``; the
+# tests compare the bf16 states against it).
+FP32_STATES = False
+
+
+def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the per-chunk state buffers C_all and dC_all for q / k / v of ``input_dtype``.
+
+    bf16 inputs: bf16. Every reader of these buffers on the bf16 path feeds them to ``mm``, which rounds its
+    operands to bf16 before the product anyway, so storing them rounded changes no product (h is
+    bit-identical) and halves the traffic and the transient memory of the largest buffers (for the 7B's
+    256 x 512 heads a state is 4x a chunk's q, k, v). The one fp32 elementwise reader is the forget-gate term
+    sum(C_c * dC_{c+1}) in ``_bw_dqk``, which then sums bf16-rounded products. bf16 has fp32's exponent range,
+    so a growing state cannot overflow.
+    fp32 inputs: fp32 (exact products: the kernels match the fp32 reference to fp32 rounding). fp16 inputs:
+    fp32, since fp16's range could overflow a growing state and fp16 runs tf32 products on fp32 operands
+    (``triton_utils.mm``). ``FP32_STATES`` forces fp32 for every input dtype.
+    """
+    return torch.bfloat16 if input_dtype == torch.bfloat16 and not FP32_STATES else torch.float32
+
 
 # GPU autotuning space (the interpreter uses pow2_block sizes). Index 0 is the default config used with
 # XLSTM_TRITON_AUTOTUNE=0; tiles larger than the head dims are pruned before the search. Chosen from the
@@ -105,7 +132,8 @@ def _store_rows(ptr, x, bh, S, pos, real, o, D: tl.constexpr):
 
 @triton.jit
 def _state(ptr, sidx, ok, ov, DHQK: tl.constexpr, DHV: tl.constexpr):
-    """The [len(ok), len(ov)] tile of state ``sidx`` of a (BH*(NC+1), DHQK, DHV) fp32 tensor."""
+    """The [len(ok), len(ov)] tile of state ``sidx`` of a (N, DHQK, DHV) tensor, in the tensor's own dtype
+    (bf16 per-chunk states go to ``mm`` as they are; widen them for fp32 elementwise math)."""
     return tl.load(ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
                    mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :], other=0.0)
 
@@ -198,9 +226,11 @@ def tune_bucket(BH: int) -> int:
 
 @maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
-def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, nall_ptr, mall_ptr,
-                  S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
+def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, CN_ptr, nall_ptr,
+                  mall_ptr, S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """C_c before every chunk into Call (BH*NC states, ``state_dtype``), n_c, m_c into nall / mall (BH*(NC+1):
+    the last is the final state), the final C into CN (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
     pv = tl.program_id(2)
@@ -216,7 +246,7 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
     m = tl.load(m0_ptr + bh)
     for c in range(NC):
         sidx = bh * (NC + 1) + c
-        tl.store(Call_ptr + sidx * DHQK * DHV + st_off, C, mask=mkv)
+        tl.store(Call_ptr + (bh * NC + c) * DHQK * DHV + st_off, C.to(Call_ptr.dtype.element_ty), mask=mkv)
         if pv == 0:
             tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
             if pk == 0:
@@ -231,7 +261,7 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
         n = n * w_dec + tl.sum(kw, 0)
         m = m_new
     sidx = bh * (NC + 1) + NC
-    tl.store(Call_ptr + sidx * DHQK * DHV + st_off, C, mask=mkv)
+    tl.store(CN_ptr + bh * DHQK * DHV + st_off, C, mask=mkv)
     if pv == 0:
         tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
         if pk == 0:
@@ -263,7 +293,8 @@ def _fw_output(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, 
         q_c = tl.zeros([L, BV], dtype=tl.float32)
         for kk in range(0, tl.cdiv(DHQK, BK)):
             ok = kk * BK + tl.arange(0, BK)
-            q_c += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), _state(Call_ptr, sidx, ok, ov, DHQK, DHV), DT, EMU)
+            q_c += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), _state(Call_ptr, bh * NC + c, ok, ov, DHQK, DHV),
+                      DT, EMU)
         num = mm(P, _rows(v_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_init[:, None] * q_c
         _store_rows(h_ptr, num * rdenom[:, None], bh, S, pos, real, ov, DHV)
     tl.store(mrow_ptr + bh * S + pos, m_row, mask=real)
@@ -302,8 +333,10 @@ def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S,
 @maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
 def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr, dnN_ptr,
-                  dCall_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
+                  dCall_ptr, dC0_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
                   L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+    """dC_{c+1} into dCall slot c (BH*NC states, ``state_dtype``: chunk c reads it with C_c from the same slot),
+    dn_c into dnall (BH*(NC+1), fp32), dC_0 into dC0 (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
     pv = tl.program_id(2)
@@ -319,7 +352,7 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
     for cc in range(NC):
         c = NC - 1 - cc
         sidx = bh * (NC + 1) + c
-        tl.store(dCall_ptr + (sidx + 1) * DHQK * DHV + st_off, dC, mask=mkv)
+        tl.store(dCall_ptr + (bh * NC + c) * DHQK * DHV + st_off, dC.to(dCall_ptr.dtype.element_ty), mask=mkv)
         if pv == 0:
             tl.store(dnall_ptr + (sidx + 1) * DHQK + ok, dn, mask=mk)
         t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
@@ -337,7 +370,7 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
         dC = dC * w_dec + mm(tl.trans(qt * (w_q * rden)[:, None]), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU)
         dn = dn * w_dec + tl.sum(qt * (w_q * dden)[:, None], 0)
     sidx = bh * (NC + 1)
-    tl.store(dCall_ptr + sidx * DHQK * DHV + st_off, dC, mask=mkv)
+    tl.store(dC0_ptr + bh * DHQK * DHV + st_off, dC, mask=mkv)
     if pv == 0:
         tl.store(dnall_ptr + sidx * DHQK + ok, dn, mask=mk)
 
@@ -412,11 +445,11 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
         Y = tl.zeros([L, BK], dtype=tl.float32)  # Y_s = dC_{c+1} v_s
         for vv in range(0, tl.cdiv(DHV, BV)):
             ov = vv * BV + tl.arange(0, BV)
-            Ct = _state(Call_ptr, sidx, ok, ov, DHQK, DHV)
-            dCt = _state(dCall_ptr, sidx + 1, ok, ov, DHQK, DHV)
+            Ct = _state(Call_ptr, bh * NC + c, ok, ov, DHQK, DHV)  # C_c
+            dCt = _state(dCall_ptr, bh * NC + c, ok, ov, DHQK, DHV)  # dC_{c+1}
             X += mm(_rows(dh_ptr, bh, S, pos, real, ov, DHV), tl.trans(Ct), DT, EMU)
             Y += mm(_rows(v_ptr, bh, S, pos, real, ov, DHV), tl.trans(dCt), DT, EMU)
-            gsum += tl.sum(Ct * dCt, 1)
+            gsum += tl.sum(Ct.to(tl.float32) * dCt.to(tl.float32), 1)
         nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
         dnt = tl.load(dnall_ptr + (sidx + 1) * DHQK + ok, mask=mk, other=0.0)
         gsum += nt * dnt
@@ -476,7 +509,8 @@ def _bw_dv(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rd
         Z = tl.zeros([L, BV], dtype=tl.float32)  # Z_s = dC_{c+1}^T k_s
         for kk in range(0, tl.cdiv(DHQK, BK)):
             ok = kk * BK + tl.arange(0, BK)
-            Z += mm(_rows(k_ptr, bh, S, pos, real, ok, DHQK), _state(dCall_ptr, sidx + 1, ok, ov, DHQK, DHV), DT, EMU)
+            Z += mm(_rows(k_ptr, bh, S, pos, real, ok, DHQK), _state(dCall_ptr, bh * NC + c, ok, ov, DHQK, DHV), DT,
+                    EMU)
         dv = mm(tl.trans(Pr), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_s[:, None] * Z
         _store_rows(dv_ptr, dv, bh, S, pos, real, ov, DHV)
 
@@ -513,21 +547,23 @@ def _meta(DHQK: int, DHV: int) -> dict:
 
 
 def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
-    """The state (C, n, m) before every chunk and the final one: (BH, NC+1, ...) fp32."""
+    """The state before every chunk and the final one: C_all (BH, NC, DHQK, DHV) in ``state_dtype``, the final
+    C (BH, DHQK, DHV) fp32, n_all (BH, NC+1, DHQK) and m_all (BH, NC+1) fp32 (index NC: the final n, m)."""
     B, NH, S, DHQK = k.shape
     DHV = v.shape[-1]
     BH = B * NH
     NC = triton.cdiv(S, L)
     dev = k.device
     f32 = torch.float32
-    C_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
+    C_all = torch.empty(BH, NC, DHQK, DHV, dtype=state_dtype(k.dtype), device=dev)
+    CN = torch.empty(BH, DHQK, DHV, dtype=f32, device=dev)
     n_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
     m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
     has_reset = rs is not None
     _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, n_all, m_all, S, NC, NH, tune_bucket(BH), DHQK=DHQK, DHV=DHV,
-        L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
-    return C_all, n_all, m_all
+        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, CN, n_all, m_all, S, NC, NH, tune_bucket(BH),
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
+    return C_all, CN, n_all, m_all
 
 
 def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
@@ -537,7 +573,7 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     NC = triton.cdiv(S, L)
     dev = q.device
     f32 = torch.float32
-    C_all, n_all, m_all = _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L)
+    C_all, CN, n_all, m_all = _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L)
     h = torch.empty(B, NH, S, DHV, dtype=v.dtype, device=dev)
     m_row = torch.empty(BH, S, dtype=f32, device=dev)
     den = torch.empty(BH, S, dtype=f32, device=dev)
@@ -548,7 +584,7 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     _fw_output[(BH, NC)](
         q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, tune_bucket(BH), DHQK**-0.5, eps,
         DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
-    return h, C_all, n_all, m_all, m_row, den
+    return h, C_all, CN, n_all, m_all, m_row, den
 
 
 def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, dnN, dmN, eps, L):
@@ -569,11 +605,12 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     rs_arg = rs if has_reset else lf
     emu = INTERPRET
     meta = _meta(DHQK, DHV)
-    dC_all = torch.empty(BH, NC + 1, DHQK, DHV, dtype=f32, device=dev)
+    dC_all = torch.empty(BH, NC, DHQK, DHV, dtype=C_all.dtype, device=dev)  # dC_{c+1} at c: C_c's dtype
+    dC0 = torch.empty(BH, DHQK, DHV, dtype=f32, device=dev)
     dn_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
     _bw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dn_all, S, NC, NH, tune_bucket(BH), scale,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dC0, dn_all, S, NC, NH, tune_bucket(BH),
+        scale, DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -593,7 +630,7 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     dlf = torch.empty_like(di_loc)
     dm0 = torch.empty(BH, dtype=f32, device=dev)
     _bw_mchain[(BH,)](di_loc, dlf_loc, ra, rl, chunk, dmN, di, dlf, dm0, NC, L=L)
-    return dq, dk, dv, di[:, :S], dlf[:, :S], dC_all[:, 0], dn_all[:, 0], dm0
+    return dq, dk, dv, di[:, :S], dlf[:, :S], dC0, dn_all[:, 0], dm0
 
 
 class _MLSTMChunkwiseTriton(torch.autograd.Function):
@@ -609,9 +646,9 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
         C0c = C0.float().reshape(BH, DHQK, DHV).contiguous()
         n0c = n0.float().reshape(BH, DHQK).contiguous()
         m0c = m0.float().reshape(BH).contiguous()
-        h, C_all, n_all, m_all, m_row, den = _forward(q, k, v, lf, ig, rs, C0c, n0c, m0c, eps, L)
-        NC = C_all.shape[1] - 1
-        C = C_all[:, NC].reshape(B, NH, DHQK, DHV).clone()
+        h, C_all, CN, n_all, m_all, m_row, den = _forward(q, k, v, lf, ig, rs, C0c, n0c, m0c, eps, L)
+        NC = C_all.shape[1]
+        C = CN.reshape(B, NH, DHQK, DHV)
         n = n_all[:, NC].reshape(B, NH, DHQK).clone()
         m = m_all[:, NC].reshape(B, NH, 1).clone()
         if RECOMPUTE_STATES_IN_BACKWARD:
@@ -627,7 +664,11 @@ class _MLSTMChunkwiseTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
         q, k, v, f, lf, ig, rs, *states, m_row, den, h = ctx.saved_tensors
-        C_all, n_all, m_all = _chunk_states(k, v, lf, ig, rs, *states, ctx.L) if ctx.recompute else states
+        if ctx.recompute:
+            C_all, CN, n_all, m_all = _chunk_states(k, v, lf, ig, rs, *states, ctx.L)
+            del CN  # the final C: the forward returned it
+        else:
+            C_all, n_all, m_all = states
         B, NH, S, DHQK = q.shape
         DHV = v.shape[-1]
         BH = B * NH

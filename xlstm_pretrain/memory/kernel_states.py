@@ -50,7 +50,8 @@ def mlstm_triton_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: i
     """``kernels/mlstm/chunkwise_triton.py`` ``_MLSTMChunkwiseTriton.forward`` with
     RECOMPUTE_STATES_IN_BACKWARD (the default): save_for_backward(q, k, v, f, lf, ig, rs, C0, n0, m0, m_row,
     den, h). q, k, v are contiguous copies of the heads views (input dtype); only the fp32 initial state is
-    kept, the per-chunk states are recomputed in backward (``mlstm_triton_backward_states``)."""
+    kept, the per-chunk states are recomputed in backward (``mlstm_triton_backward_states``; without
+    recomputation it would also keep ``mlstm_triton_chunk_states``)."""
     return [
         ("q, k, v (contiguous copies)", H * S * (2 * Q + V) * a),
         ("f, log f, i, m_row, den", H * S * (a + 4 * F32)),
@@ -61,10 +62,28 @@ def mlstm_triton_chunkwise(H: int, B: int, S: int, L: int, NC: int, Q: int, V: i
     ]
 
 
-def mlstm_triton_backward_states(H: int, NC: int, Q: int, V: int) -> float:
-    """Backward transient of the Triton mLSTM: the fp32 (C, n, m) before every chunk, recomputed for the one
-    layer being differentiated (C_all, n_all, m_all: NC + 1 states), plus their gradients dC_all, dn_all."""
-    return 2 * H * (NC + 1) * (Q * V + Q + 1) * F32
+def mlstm_triton_state_bytes(a: int) -> int:
+    """Bytes per element of the Triton mLSTM's per-chunk states C_all and dC_all (``chunkwise_triton.state_dtype``):
+    bf16 for bf16 cell inputs, fp32 otherwise. Here ``a`` = 2 means bf16 (the training precisions are fp32 and
+    bf16; fp16 cell inputs, which keep fp32 states, are not one of them)."""
+    return 2 if a == 2 else F32
+
+
+def mlstm_triton_chunk_states(H: int, NC: int, Q: int, V: int, a: int = F32) -> float:
+    """The per-chunk states the Triton mLSTM materialises (``chunkwise_triton._chunk_states``): C before every
+    chunk (C_all: NC states of Q x V, in the state dtype of ``mlstm_triton_state_bytes``), n and m before every
+    chunk and after the last (n_all, m_all: NC + 1 of Q + 1, fp32). The forward's final C is a separate fp32
+    output (returned, not counted here)."""
+    return H * (NC * Q * V * mlstm_triton_state_bytes(a) + (NC + 1) * (Q + 1) * F32)
+
+
+def mlstm_triton_backward_states(H: int, NC: int, Q: int, V: int, a: int = F32) -> float:
+    """Backward transient of the Triton mLSTM, live together while ``_bw_dqk`` runs: the chunk states recomputed
+    for the one layer being differentiated (``mlstm_triton_chunk_states``), their gradients dC_all (NC states,
+    the state dtype: dC_{c+1} next to C_c) and dn_all (NC + 1 of Q, fp32), and the fp32 dC0 (Q x V).
+    ``a``: bytes of the cell inputs (2 = bf16: bf16 states); the fp32 default is the upper bound."""
+    grads = NC * Q * V * mlstm_triton_state_bytes(a) + (NC + 1) * Q * F32 + Q * V * F32
+    return mlstm_triton_chunk_states(H, NC, Q, V, a) + H * grads
 
 
 def mlstm_fla_chunk(H: int, B: int, S: int, L: int, NC: int, Q: int, V: int, a: int, reset: bool) -> Terms:
@@ -157,4 +176,5 @@ def total(terms: Terms) -> float:
     return float(sum(b for _, b in terms))
 
 
-__all__ = ["causal_conv", "conv_output_copies", "mlstm_cell", "mlstm_triton_backward_states", "slstm_cell", "total"]
+__all__ = ["causal_conv", "conv_output_copies", "mlstm_cell", "mlstm_triton_backward_states",
+           "mlstm_triton_chunk_states", "mlstm_triton_state_bytes", "slstm_cell", "total"]
