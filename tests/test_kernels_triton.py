@@ -345,7 +345,8 @@ SLSTM_CASES = {
 
 
 @pytest.mark.parametrize("case", list(SLSTM_CASES))
-def test_slstm_fw_bw_matches_reference(case):
+def test_slstm_fw_bw_matches_reference(case, monkeypatch):
+    monkeypatch.setattr(recurrent_triton, "SPLIT_OVERRIDE", False)  # the register / blocked kernels (GPU too)
     B, S, NH, DH, pkw = SLSTM_CASES[case]
     xs, reset, weights = slstm_problem(B, S, NH, DH, **pkw)
     ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
@@ -369,21 +370,67 @@ def test_slstm_fw_bw_matches_reference(case):
 
 @pytest.mark.parametrize("dtype,DH", [(torch.bfloat16, 16), (torch.bfloat16, 80), (torch.float16, 16),
                                       (torch.float16, 80)])
-def test_slstm_half_inputs(dtype, DH):
+def test_slstm_half_inputs(dtype, DH, monkeypatch):
     """bf16: bf16 tensor-core products; fp16: tf32 products (see triton_utils.mm)."""
+    monkeypatch.setattr(recurrent_triton, "SPLIT_OVERRIDE", False)
     xs, reset, weights = slstm_problem(2, 20 if DH < 64 else 10, 2 if DH < 64 else 1, DH)
     xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
     ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
     tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=dtype)
     assert tri_o[0].dtype == dtype and tri_g[1].dtype == dtype and tri_o[1].dtype == torch.float32
-    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    report = slstm_errors_within(tri_o + tri_g, ref_o + ref_g, 3e-2 if dtype == torch.bfloat16 else 5e-3, dtype)
+    print(f"\n[slstm {dtype} vs fp64, DH={DH}] {report}")
+
+
+def slstm_errors_within(got, ref, tol, label):
+    """Relative max error of each sLSTM output and gradient against the reference, each < tol; the report."""
     report = []
-    for name, a, b in zip(["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"],
-                          tri_o + tri_g, ref_o + ref_g):
+    for name, a, b in zip(["y", "y_N", "c_N", "n_N", "m_N", "dwx", "dR", "db", "dy0", "dc0", "dn0", "dm0"], got, ref):
         err = rel_err(a, b)
         report.append(f"{name} {err:.1e}")
-        assert err < tol, f"{dtype} {name}: {err:.2e}"
-    print(f"\n[slstm {dtype} vs fp64, DH={DH}] " + ", ".join(report))
+        assert err < tol, f"{label} {name}: relative max error {err:.2e}"
+    return ", ".join(report)
+
+
+# split kernels: (B, S, NH, DH, plan (BN, R resident), dtype). DH 80 is 3 column programs at BN 32 (the last
+# one ragged), 5 at BN 16; B 17 is two batch tiles (two barrier groups per head on a GPU).
+SLSTM_SPLIT_CASES = {
+    "BN32_resident": (3, 9, 2, 80, (32, True), torch.float32),
+    "BN32_reread": (3, 9, 2, 80, (32, False), torch.float32),
+    "BN16_two_batch_tiles": (17, 6, 1, 80, (16, True), torch.float32),
+    "BN16_bf16": (3, 9, 2, 80, (16, True), torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("case", list(SLSTM_SPLIT_CASES))
+def test_slstm_split_kernels_match_reference(case, monkeypatch):
+    """A head's columns over several programs: under the interpreter a launch per step (per backward phase),
+    on a GPU one launch with the group barrier; resets, initial state and every gradient against fp64."""
+    B, S, NH, DH, plan, dtype = SLSTM_SPLIT_CASES[case]
+    monkeypatch.setattr(recurrent_triton, "SPLIT_OVERRIDE", plan)
+    monkeypatch.setattr(recurrent_triton, "SPLIT_BK", 32)  # two row blocks of the re-read product at DH 80
+    xs, reset, weights = slstm_problem(B, S, NH, DH)
+    if dtype != torch.float32:
+        xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
+    ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
+    tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=dtype)
+    report = slstm_errors_within(tri_o + tri_g, ref_o + ref_g, 1e-4 if dtype == torch.float32 else 3e-2, case)
+    print(f"\n[slstm split {case} vs fp64] {report}")
+
+
+def test_slstm_split_plan():
+    """Every shipped run (micro-batch <= 16: one batch tile, 4 heads) gets BN 16 with R on chip on a 132-SM GPU
+    (the tile the sm_90 compile check asserts spill-free); larger grids take wider blocks, then none."""
+    from xlstm_kernels.slstm.recurrent_triton import split_plan
+
+    for B, DH in ((8, 192), (4, 256), (2, 384), (2, 512)):
+        assert split_plan(B, 4, DH, 132, 2) == (16, True)
+    assert split_plan(8, 4, 512, 132, 4) == (16, True)  # fp32: 4 x 512 x 16 x 4 B = 128 KiB, still on chip
+    assert split_plan(32, 4, 512, 132, 2) == (32, True)  # 2 tiles x 4 heads x 32 = 256 > 132; at BN 32: 128
+    assert split_plan(64, 4, 512, 132, 2) == (64, False)  # 4 x 4 x 8 = 128 programs; a 256 KiB slice: re-read
+    assert split_plan(128, 4, 512, 132, 2) is None  # the blocked kernel already has 32 programs
+    assert split_plan(8, 4, 16, 132, 2) is None  # one block is the whole head
+    assert split_plan(8, 4, 64, 132, 2) == (16, True)
 
 
 def test_slstm_backend_dispatch_and_signature():
@@ -506,8 +553,9 @@ def test_kernels_compile_for_sm90_without_gpu():
     for lbl, dk, dv in bench.SHIPPED_MLSTM:  # every kernel at every shipped mLSTM shape was compiled
         for name in names:
             assert any(k.startswith(f"mLSTM {name} {lbl} L{bench.SHIPPED_CHUNK} {dk}x{dv}") for k in rows), (name, lbl)
-    for dh in bench.SHIPPED_SLSTM_DH:
-        assert sum(f" DH{dh}" in k for k in rows) == 2, dh
+    for dh in bench.SHIPPED_SLSTM_DH:  # the blocked pair and the split pair (the tile split_plan picks)
+        got = sorted(k.split()[1] for k in rows if f" DH{dh} " in k)
+        assert got == ["_slstm_bw_blocked", "_slstm_bw_split", "_slstm_fw_blocked", "_slstm_fw_split"], (dh, got)
     for label, r in rows.items():
         assert r["dtype"] == "bf16"
         assert r["stack"] == "0", f"{label}: {r['stack']} B of register spills (regs {r['regs']})"

@@ -35,7 +35,8 @@ import triton.language as tl
 
 from ..triton_utils import INTERPRET, logsigmoid, maybe_autotune, mm, tanh
 
-BB = 16  # batch rows per program (tl.dot needs >= 16)
+BB = 16  # batch rows per program: tl.dot's minimum, and the tensor cores' (mma m16): below 16 rows the idle rows
+# cost no time in these latency-bound steps; parallelism for small batches comes from the split kernels
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (8, 4, 2)]  # [0]: default (no spills at DH 64)
 
 

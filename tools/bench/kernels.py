@@ -467,6 +467,8 @@ def _arg_type(name, dt):
         return f"*{dt}"
     if name in ("rs_ptr", "cnt_ptr"):
         return "*i32"
+    if name in ("Call_ptr", "dCall_ptr"):  # mLSTM per-chunk states: chunkwise_triton.state_dtype (bf16 for bf16)
+        return "*bf16" if dt == "bf16" else "*fp32"
     if name.endswith("_ptr"):
         return "*fp32"
     if name in ("scale", "eps"):

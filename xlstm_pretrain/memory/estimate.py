@@ -103,7 +103,7 @@ def estimate(cfg, layout: Layout, gpu: GPU, params: ParamCounts | None = None,
 
         Q = m.qk_head_dim if m.family == "large" else m.mlstm_inner_dim // m.num_heads
         V = m.v_head_dim if m.family == "large" else Q
-        backward += mlstm_triton_backward_states(sh.B * m.num_heads // layout.tp, sh.NC, Q, V)
+        backward += mlstm_triton_backward_states(sh.B * m.num_heads // layout.tp, sh.NC, Q, V, a=sh.act)
     est.parts["backward transients"] = backward
     live = est.total
     est.parts["allocator overhead + CUDA context"] = ALLOCATOR_OVERHEAD * live + CUDA_CONTEXT_BYTES
