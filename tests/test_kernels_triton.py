@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import collections  # noqa: E402
 import functools  # noqa: E402
 import inspect  # noqa: E402
 import re  # noqa: E402
@@ -399,6 +400,10 @@ SLSTM_SPLIT_CASES = {
     "BN32_reread": (3, 9, 2, 80, (32, False), torch.float32),
     "BN16_two_batch_tiles": (17, 6, 1, 80, (16, True), torch.float32),
     "BN16_bf16": (3, 9, 2, 80, (16, True), torch.bfloat16),
+    # one program per head: one launch for all steps under the interpreter too (the GPU's code path: state
+    # carried across steps in registers, both backward phases in one launch; no barrier with one program)
+    "one_launch_resident": (3, 9, 2, 32, (32, True), torch.float32),
+    "one_launch_reread": (3, 9, 2, 32, (32, False), torch.float32),
 }
 
 
@@ -409,12 +414,26 @@ def test_slstm_split_kernels_match_reference(case, monkeypatch):
     B, S, NH, DH, plan, dtype = SLSTM_SPLIT_CASES[case]
     monkeypatch.setattr(recurrent_triton, "SPLIT_OVERRIDE", plan)
     monkeypatch.setattr(recurrent_triton, "SPLIT_BK", 32)  # two row blocks of the re-read product at DH 80
+    launches = collections.Counter()
+
+    class Counted:  # counts the launches of a kernel
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(recurrent_triton, name)
+
+        def __getitem__(self, grid):
+            launches[self.name] += 1
+            return self.kernel[grid]
+
+    for name in ("_slstm_fw_split", "_slstm_bw_split"):
+        monkeypatch.setattr(recurrent_triton, name, Counted(name))
     xs, reset, weights = slstm_problem(B, S, NH, DH)
     if dtype != torch.float32:
         xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
     ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
     tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=dtype)
     report = slstm_errors_within(tri_o + tri_g, ref_o + ref_g, 1e-4 if dtype == torch.float32 else 3e-2, case)
+    one_launch = not INTERPRET or -(-DH // plan[0]) == 1
+    assert launches == {"_slstm_fw_split": 1 if one_launch else S, "_slstm_bw_split": 1 if one_launch else 2 * S}
     print(f"\n[slstm split {case} vs fp64] {report}")
 
 

@@ -660,40 +660,49 @@ def _split_choice(wx, DH):
     return split_plan(B, NH, DH, sms, wx.element_size())
 
 
-def _split_args(DH, BN, resident):
-    return dict(DH=DH, DHP=max(16, triton.next_power_of_2(DH)), BB=BB, BN=BN, BK=SPLIT_BK, RESIDENT=resident,
-                EMU=INTERPRET, num_warps=_SPLIT_WARPS, num_stages=1)
+def _split_launch(device, B, NH, DH, plan):
+    """(grid, constexprs, one launch for all steps?). One launch needs every program of a group resident at once
+    (the spin barrier): on a GPU the grid must fit the SMs (split_plan guarantees it; an override is checked).
+    Under the interpreter programs run one after another: a launch per step (per backward phase) whose boundary
+    is the barrier, except with one program per group (no barrier needed), which runs the one-launch code."""
+    BN, resident = plan
+    grid = (triton.cdiv(B, BB), NH, triton.cdiv(DH, BN))
+    if not INTERPRET:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if grid[0] * grid[1] * grid[2] > sms:
+            raise ValueError(f"sLSTM split kernels: grid {grid} has more programs than the {sms} SMs; the per-step "
+                             f"barrier needs them all resident (use split_plan, or XLSTM_SLSTM_SPLIT=0)")
+    # num_stages=1 is required, not a tuning choice: software pipelining could issue the next step's loads of
+    # other programs' data before the barrier
+    kw = dict(DH=DH, DHP=max(16, triton.next_power_of_2(DH)), BB=BB, BN=BN, BK=SPLIT_BK, RESIDENT=resident,
+              EMU=INTERPRET, num_warps=_SPLIT_WARPS, num_stages=1)
+    return grid, kw, not INTERPRET or grid[2] == 1
 
 
 def _split_fw(wx, R, b, s0, rs, y, hs, gs, plan):
     B, S, _, NH, DH = wx.shape
-    BN, resident = plan
-    grid = (triton.cdiv(B, BB), NH, triton.cdiv(DH, BN))
+    grid, kw, one_launch = _split_launch(wx.device, B, NH, DH, plan)
     cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
-    rs_arg = rs if rs is not None else s0
-    kw = dict(HAS_RESET=rs is not None, **_split_args(DH, BN, resident))
-    if INTERPRET:  # programs run one after another: one launch per step, the launch boundary is the barrier
-        for t in range(S):
-            _slstm_fw_split[grid](wx, R, b, s0, rs_arg, y, hs, gs, cnt, B, S, NH, t, t + 1, SYNC=False, **kw)
+    args = (wx, R, b, s0, rs if rs is not None else s0, y, hs, gs, cnt, B, S, NH)
+    if one_launch:
+        _slstm_fw_split[grid](*args, 0, S, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
     else:
-        _slstm_fw_split[grid](wx, R, b, s0, rs_arg, y, hs, gs, cnt, B, S, NH, 0, S, SYNC=True, **kw)
+        for t in range(S):
+            _slstm_fw_split[grid](*args, t, t + 1, SYNC=False, HAS_RESET=rs is not None, **kw)
 
 
 def _split_bw(dy, R, hs, gs, s0, rs, dsN, dg, ds0, plan):
     B, S, _, NH, DH = hs.shape
-    BN, resident = plan
-    grid = (triton.cdiv(B, BB), NH, triton.cdiv(DH, BN))
+    grid, kw, one_launch = _split_launch(dy.device, B, NH, DH, plan)
     cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=dy.device)
     cur = dsN.contiguous().clone()
-    rs_arg = rs if rs is not None else s0
-    kw = dict(HAS_RESET=rs is not None, **_split_args(DH, BN, resident))
-    args = (dy, R, hs, gs, s0, rs_arg, cur, dg, ds0, cnt, B, S, NH)
-    if INTERPRET:
+    args = (dy, R, hs, gs, s0, rs if rs is not None else s0, cur, dg, ds0, cnt, B, S, NH)
+    if one_launch:
+        _slstm_bw_split[grid](*args, 0, S, PHASES=3, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
+    else:
         for t in reversed(range(S)):
             for phase in (1, 2):
-                _slstm_bw_split[grid](*args, t, t + 1, PHASES=phase, SYNC=False, **kw)
-    else:
-        _slstm_bw_split[grid](*args, 0, S, PHASES=3, SYNC=True, **kw)
+                _slstm_bw_split[grid](*args, t, t + 1, PHASES=phase, SYNC=False, HAS_RESET=rs is not None, **kw)
 
 
 REG_MAX_DH = 64  # heads up to this size keep R and the state in registers
