@@ -400,6 +400,7 @@ SLSTM_SPLIT_CASES = {
     "BN32_reread": (3, 9, 2, 80, (32, False), torch.float32),
     "BN16_two_batch_tiles": (17, 6, 1, 80, (16, True), torch.float32),
     "BN16_bf16": (3, 9, 2, 80, (16, True), torch.bfloat16),
+    "BN16_fp16": (3, 9, 2, 80, (16, True), torch.float16),
     # one program per head: one launch for all steps under the interpreter too (the GPU's code path: state
     # carried across steps in registers, both backward phases in one launch; no barrier with one program)
     "one_launch_resident": (3, 9, 2, 32, (32, True), torch.float32),
@@ -431,7 +432,8 @@ def test_slstm_split_kernels_match_reference(case, monkeypatch):
         xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]
     ref_o, ref_g = slstm_run(slstm_recurrent, xs, reset, weights, dtype=F64)
     tri_o, tri_g = slstm_run(recurrent_triton.slstm_recurrent_triton, xs, reset, weights, dtype=dtype)
-    report = slstm_errors_within(tri_o + tri_g, ref_o + ref_g, 1e-4 if dtype == torch.float32 else 3e-2, case)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    report = slstm_errors_within(tri_o + tri_g, ref_o + ref_g, tol, case)
     one_launch = not INTERPRET or -(-DH // plan[0]) == 1
     assert launches == {"_slstm_fw_split": 1 if one_launch else S, "_slstm_bw_split": 1 if one_launch else 2 * S}
     print(f"\n[slstm split {case} vs fp64] {report}")

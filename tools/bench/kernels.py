@@ -384,6 +384,18 @@ def slstm_speed(args, device, dtype):
                    f"{t * 1e3:.2f}ms {flops / t / 1e12:.2f}TF" + (f" x{t / ours:.2f}" if ours and name != "ours (triton)" else ""))
     print_table(f"sLSTM forward+backward, B={B} NH={NH} DH={DH} {args.dtype}, split plan {plan} "
                 f"(x = that time / ours; target: official vanilla >= x10)", ["S"] + list(res), [row])
+    if device.type != "cuda" or not rt._use_blocked(DH):
+        return
+    # the split tiles split_plan chooses between (it picks the smallest BN whose grid fits the SMs; this shows
+    # whether that is the fastest): ours forced to each, "grid > SMs" where the barrier could not run
+    rows = []
+    for tile in ((16, True), (32, True), (32, False), (64, False)):
+        t, err = guarded(lambda tile=tile: timeit(fwbw(slstm_recurrent_triton, override=tile), device, 1,
+                                                  max(1, args.reps // 2)))
+        rows.append([f"BN{tile[0]}{' R on chip' if tile[1] else ' R re-read'}",
+                     err[:40] if t is None else f"{t * 1e3:.2f}ms x{t / ours:.2f}" if ours else f"{t * 1e3:.2f}ms"])
+    print_table(f"sLSTM split tiles, B={B} NH={NH} DH={DH} S={S} (x = that time / ours as dispatched)",
+                ["tile", "forward+backward"], rows)
 
 
 # ---------------------------------------------------------------------------------------------------
