@@ -151,6 +151,20 @@ def _slstm_fw(wx_ptr, R_ptr, b_ptr, s0_ptr, rs_ptr, y_ptr, hs_ptr, gs_ptr, B, S,
 
 
 @triton.jit
+def _saved_step(gs_ptr, hs_ptr, gate, gstride, m2):
+    """What the forward saved for a step, at offsets ``gate``: the raw gates (i, f, z, o) and the state (c, n, m)
+    after it (n = 1 outside the mask: no division by zero in the masked lanes)."""
+    ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
+    rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
+    rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
+    ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+    c = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
+    n = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
+    m = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+    return ri, rf, rz, ro, c, n, m
+
+
+@triton.jit
 def _bw_step(t, dy_rec, dc, dn, dm_p, Ri, Rf, Rz, Ro, dy_ptr, rs_ptr, hs_ptr, gs_ptr, s0_ptr, dg_ptr, ob, od, mb,
              m2, h, B, S, NH, DH: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
     DT = dy_ptr.dtype.element_ty
@@ -179,13 +193,7 @@ def _bw_step(t, dy_rec, dc, dn, dm_p, Ri, Rf, Rz, Ro, dy_ptr, rs_ptr, hs_ptr, gs
         cp = cp * keep
         np_ = np_ * keep
         mp = mp * keep
-    ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
-    rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
-    rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
-    ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
-    ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
-    nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
-    mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+    ri, rf, rz, ro, ct, nt, mt = _saved_step(gs_ptr, hs_ptr, gate, gstride, m2)
     dy = tl.load(dy_ptr + (row[:, None] * NH + h) * DH + od[None, :], mask=m2, other=0.0).to(tl.float32) + dy_rec
     d_i, d_f, d_z, d_o, dlf, dc, dn = _cell_bw(dy, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp, m2)
     _store4(dg_ptr, gate, gstride, d_i, d_f, d_z, d_o, m2)
@@ -359,13 +367,7 @@ def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg
             cp = cp * keep
             np_ = np_ * keep
             mp = mp * keep
-            ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
-            rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
-            rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
-            ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
-            ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
-            nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
-            mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            ri, rf, rz, ro, ct, nt, mt = _saved_step(gs_ptr, hs_ptr, gate, gstride, m2)
             dy = (tl.load(dy_ptr + (row[:, None] * NH + h) * DH + oc[None, :], mask=m2, other=0.0).to(tl.float32)
                   + tl.load(rd + st, mask=m2, other=0.0))
             dc = tl.load(rd + BND + st, mask=m2, other=0.0)
@@ -421,9 +423,9 @@ def _slstm_bw_blocked(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, scr_ptr, dg
 # (backward) through global memory and meet at a group barrier once per step: an atomic counter per group
 # that each program increments (release) after its stores and polls (acquire) until all NSPLIT arrived.
 # A spin barrier needs every program of the launch resident at once: the launcher keeps the grid within
-# the SM count (one program per SM always fits). Under the interpreter (programs run one after another) and
-# whenever SYNC is off, the launcher gives each step (each backward phase) its own launch instead: the
-# launch boundary is the barrier, so the same step code is what the CPU tests check.
+# the SM count (one program per SM always fits). Under the interpreter (programs run one after another) each
+# step (each backward phase) gets its own launch instead, the launch boundary being the barrier, so the same
+# step code is what the CPU tests check; a group of one program needs no barrier and runs the one-launch code.
 # The R slice is loaded once before the time loop up to this size (the compiler keeps the loop-invariant tile
 # in shared memory: 227 KiB per block on sm_90, the rest is the step's operand staging); larger slices are
 # re-read from L2 every step in row blocks of SPLIT_BK.
@@ -576,13 +578,7 @@ def _slstm_bw_split(dy_ptr, R_ptr, hs_ptr, gs_ptr, s0_ptr, rs_ptr, cur_ptr, dg_p
             cp = tl.load(src + sst, mask=m2, other=0.0) * keep
             np_ = tl.load(src + 2 * sst, mask=m2, other=0.0) * keep
             mp = tl.load(src + 3 * sst, mask=m2, other=0.0) * keep
-            ri = tl.load(gs_ptr + gate, mask=m2, other=0.0)
-            rf = tl.load(gs_ptr + gate + gstride, mask=m2, other=0.0)
-            rz = tl.load(gs_ptr + gate + 2 * gstride, mask=m2, other=0.0)
-            ro = tl.load(gs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
-            ct = tl.load(hs_ptr + gate + gstride, mask=m2, other=0.0)
-            nt = tl.load(hs_ptr + gate + 2 * gstride, mask=m2, other=1.0)
-            mt = tl.load(hs_ptr + gate + 3 * gstride, mask=m2, other=0.0)
+            ri, rf, rz, ro, ct, nt, mt = _saved_step(gs_ptr, hs_ptr, gate, gstride, m2)
             dy = tl.load(dy_ptr + (row[:, None] * NH + h) * DH + oc[None, :], mask=m2, other=0.0).to(tl.float32)
             d_i, d_f, d_z, d_o, dlf, dc, dn = _cell_bw(dy + dy_rec, dc, dn, ri, rf, rz, ro, ct, nt, mt, cp, np_, mp,
                                                         m2)
