@@ -102,6 +102,77 @@ def test_mlstm_half_inputs(dtype):
     print(f"\n[mlstm {dtype} vs fp64] " + ", ".join(report))
 
 
+# TMA tile loads (tensor descriptors, the default on Hopper): the cases whose layouts TMA takes (rows of 16-byte
+# multiples), fp32 and bf16, ragged S, resets inside and on chunk edges, head dims that do not fill a tile
+TMA_CASES = {"ragged_reset_state": torch.float32, "multi_tile_heads": torch.float32, "chunk32": torch.float32,
+             "reset_at_t0": torch.float32, "ragged_reset_state-bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("case", list(TMA_CASES))
+def test_mlstm_tma_tiles_match_pointer_tiles_and_fp64(case, monkeypatch):
+    """The tensor-descriptor path computes bit for bit what the pointer path computes (same tiles, zero-filled
+    outside the tensor by the copy engine instead of by masks; stores clipped at S and the head dims), and
+    so matches the fp64 reference. Under the interpreter the descriptors are emulated; on a GPU run this file
+    with TRITON_INTERPRET=0 to test the real copies."""
+    dtype = TMA_CASES[case]
+    B, NH, S, DK, DV, pkw, rkw = MLSTM_CASES[case.split("-")[0]]
+    xs, reset, weights = mlstm_problem(B, NH, S, DK, DV, **pkw)
+    if dtype == torch.bfloat16:
+        xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]  # the reference sees rounded inputs
+    launches = []
+    sources = chunkwise_triton._sources
+
+    def spy(tma, meta, **tensors):
+        out = sources(tma, meta, **tensors)
+        launches.append((tma, [type(x).__name__ for x in out]))
+        return out
+
+    monkeypatch.setattr(chunkwise_triton, "_sources", spy)
+    runs = {}
+    for tma in (False, True):
+        monkeypatch.setattr(chunkwise_triton, "TMA_LOADS", tma)
+        launches.clear()
+        runs[tma] = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=dtype, **rkw)
+        # forward (states, outputs) + backward (recomputed states, dC recurrence, dq / dk, dv): six launches
+        assert len(launches) == 6 and all(t == tma for t, _ in launches), launches
+        assert all(set(kinds) == {"TensorDescriptor" if tma else "Tensor"} for _, kinds in launches), launches
+    for a, b in zip(runs[False][0] + runs[False][1], runs[True][0] + runs[True][1]):
+        assert torch.equal(a, b)
+    ref_o, ref_g = mlstm_run(parallel_ref, xs, reset, weights, dtype=F64, **rkw)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for name, a, b in zip(["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"],
+                          runs[True][0] + runs[True][1], ref_o + ref_g):
+        assert rel_err(a, b) < tol, f"{case} {name}: {rel_err(a, b):.2e}"
+
+
+def test_mlstm_tma_only_where_the_layout_allows(monkeypatch):
+    """TMA needs 16-byte aligned bases and rows and at most 256 rows per box: anything else (and
+    XLSTM_MLSTM_TMA=0, and TMA_LOADS=False) runs the pointer loads."""
+    monkeypatch.setattr(chunkwise_triton, "TMA_LOADS", True)
+    use = chunkwise_triton._use_tma
+    x = torch.zeros(2, 3, 40, 16, dtype=torch.bfloat16)
+    assert use(64, x, x.float())
+    assert not use(64, torch.zeros(2, 3, 40, 20, dtype=torch.bfloat16))  # rows of 40 bytes
+    assert use(64, torch.zeros(2, 3, 40, 20, dtype=torch.float32))  # rows of 80 bytes
+    buf = torch.zeros(2 * 3 * 40 * 16 + 1, dtype=torch.bfloat16)
+    assert not use(64, buf[1:].view(2, 3, 40, 16))  # base 2 bytes past an aligned address
+    assert not use(64, x.transpose(2, 3))  # not contiguous
+    assert not use(512, x)  # a chunk of 512 rows is more than one box
+    monkeypatch.setenv("XLSTM_MLSTM_TMA", "0")
+    assert not use(64, x)
+    monkeypatch.delenv("XLSTM_MLSTM_TMA")
+    monkeypatch.setattr(chunkwise_triton, "TMA_LOADS", None)  # the default: Hopper GPUs only
+    assert use(64, x) == (x.device.type == "cuda" and torch.cuda.get_device_capability()[0] >= 9)
+    assert not use(64, x.float())  # fp32 inputs (the exact-reference dtype) keep the pointer loads by default
+    # the forward of a layout TMA cannot take still runs (pointer loads) and matches the TMA-free run
+    monkeypatch.setattr(chunkwise_triton, "TMA_LOADS", True)
+    xs, reset, weights = mlstm_problem(1, 2, 21, 16, 20, reset_p=0.0)
+    h_auto = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=torch.bfloat16)[0]
+    monkeypatch.setattr(chunkwise_triton, "TMA_LOADS", False)
+    h_ptr = mlstm_run(chunkwise_triton.mlstm_chunkwise_triton, xs, reset, weights, dtype=torch.bfloat16)[0]
+    assert all(torch.equal(a, b) for a, b in zip(h_auto, h_ptr))
+
+
 class _EmptySpy:
     """Stands in for ``torch`` inside chunkwise_triton (monkeypatched there): every ``torch.empty`` of the module
     is recorded as (shape, dtype, weak reference); everything else is torch's own."""

@@ -35,6 +35,12 @@ Register budget (sm_90, 255 per thread): at the default tiles no kernel spills a
 (``tools/bench/kernels.py --aot-check``, asserted by the tests). bf16 tiles go to tl.dot as loaded (per-row
 factors such as 1/denominator are applied to the products, not to the operands), and the L x L gate tiles
 are built after the matmul loops that do not need them, so few L x L tiles are live at once.
+Tile loads: on Hopper (``TMA_LOADS``) the q / k / v / dh tiles and the per-chunk state tiles are read, and
+h / dq / dk / dv and the states written, through tensor descriptors (TMA bulk copies into shared memory,
+zero-filled past S and the head dims by the hardware) instead of per-element pointers, which need a 64-bit
+address per element in registers: at the 7B's shapes registers drop from 190-237 to 80-171 per thread
+(``_fw_output`` 237 -> 80, ``_bw_dqk`` 236 -> 171). Elsewhere, and for layouts TMA cannot take, the same
+kernels run masked pointer loads (one ``TMA`` constexpr; ``_tok`` / ``_st`` are the two paths side by side).
            4. ``_bw_mchain``: one program per b*head: the scalar reverse recurrence of dm over the chunks
               (gradient through the stabiliser chain), finishing di, d logsigmoid(f) and dm0.
 Ties in a max split the gradient like torch (maximum: halves, amax: evenly), which only matters on
@@ -59,12 +65,15 @@ With user inputs i = -inf everywhere in a chunk's last segment, the reference fl
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..chunking import TL_DOT_MIN_CHUNK, chunk_plan
 from ..triton_utils import INTERPRET, maybe_autotune, mm, pow2_block, prune_head_blocks
@@ -77,6 +86,13 @@ RECOMPUTE_STATES_IN_BACKWARD = True
 # True stores the per-chunk states C_all / dC_all in fp32 whatever the input dtype (see ``state_dtype``; the
 # tests compare the bf16 states against it).
 FP32_STATES = False
+# Tile loads and stores through the Tensor Memory Accelerator (tensor descriptors) instead of per-element
+# pointers. None: for bf16 / fp16 inputs on CUDA devices of compute capability >= 9 (Hopper), unless
+# ``XLSTM_MLSTM_TMA=0`` (fp32 inputs keep the pointer loads: fp32 is the exact-reference dtype, not a speed
+# path, and its TMA compiles spill more); True: wherever the layout allows, any dtype, the interpreter included
+# (the tests); False: never. A call whose tensors do not fit TMA's rules (16-byte aligned base and rows,
+# chunk <= 256) runs the pointer loads.
+TMA_LOADS = None
 
 
 def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
@@ -107,6 +123,42 @@ _PAR_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=1)
 # _bw_dqk keeps dS, the X / Y accumulators and the dq / dk tiles live at once: at L = 64 only BK 16 x BV 32
 # (8 warps) compiles without spills on sm_90, so that is its default; the larger tiles stay in the search.
 _DQK_CONFIGS = [triton.Config({"BK": 16, "BV": 32}, num_warps=8, num_stages=1)] + _PAR_CONFIGS
+_KEY = ["DHQK", "DHV", "L", "BH"]
+# Which tile each tensor-descriptor argument is read or written in: (rows, columns) by meta-parameter name.
+_TMA_BLOCKS = {"q_ptr": ("L", "BK"), "k_ptr": ("L", "BK"), "dq_ptr": ("L", "BK"), "dk_ptr": ("L", "BK"),
+               "v_ptr": ("L", "BV"), "h_ptr": ("L", "BV"), "dh_ptr": ("L", "BV"), "dv_ptr": ("L", "BV"),
+               "Call_ptr": ("BK", "BV"), "dCall_ptr": ("BK", "BV")}
+
+
+def _set_tma_blocks(nargs):
+    """Config pre-hook: a descriptor's block shape is part of the compiled kernel, so each config sets the
+    blocks its tiles need ([1, rows, columns] of the 3-D descriptors) before it is launched."""
+    for name, (rows, cols) in _TMA_BLOCKS.items():
+        desc = nargs.get(name)
+        if isinstance(desc, TensorDescriptor):
+            desc.block_shape = [1, int(nargs[rows]), int(nargs[cols])]
+
+
+def _tma_configs(configs, default=None):
+    """The TMA twin of a config list: same tiles and warps, at least 2 pipeline stages (TMA copies are
+    asynchronous and want a buffer in flight; Triton 3.9 also fails to compile a descriptor load inside a
+    loop at num_stages=1), and the block-shape pre-hook. ``default`` (BK, BV, warps) moves that config first
+    (the one ``XLSTM_TRITON_AUTOTUNE=0`` runs)."""
+    if default is not None:
+        configs = sorted(configs, key=lambda c: (c.kwargs["BK"], c.kwargs["BV"], c.num_warps) != default)
+    out, seen = [], set()
+    for c in configs:
+        key = (tuple(sorted(c.kwargs.items())), c.num_warps, max(2, c.num_stages))
+        if key not in seen:
+            seen.add(key)
+            out.append(triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=key[2],
+                                     pre_hook=_set_tma_blocks))
+    return out
+
+
+def _autotuned(kernel, configs):
+    """``kernel`` (a @triton.jit function) with the GPU autotuner over ``configs`` (bare under the interpreter)."""
+    return maybe_autotune(configs, key=_KEY, prune=prune_head_blocks)(kernel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,17 +177,65 @@ def _rows(ptr, bh, S, pos, real, o, D: tl.constexpr):
 
 
 @triton.jit
-def _store_rows(ptr, x, bh, S, pos, real, o, D: tl.constexpr):
-    tl.store(ptr + (bh * S + pos[:, None]) * D + o[None, :], x.to(ptr.dtype.element_ty),
-             mask=real[:, None] & (o < D)[None, :])
+def _state(ptr, sidx, ok, ov, DHQK: tl.constexpr, DHV: tl.constexpr):
+    """The [len(ok), len(ov)] tile of state ``sidx`` of a (N, DHQK, DHV) fp32 tensor (initial / final states)."""
+    return tl.load(ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
+                   mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :], other=0.0)
+
+
+# Tile sources. With TMA (a constexpr) the source is a host-made tensor descriptor (``_tok_desc`` /
+# ``_state_desc``) and the tile comes in one bulk copy (the Tensor Memory Accelerator on sm_90: no per-element
+# address registers, out-of-bounds rows and columns filled with zeros by the hardware); otherwise it is a
+# pointer and the tile comes from masked per-element loads. Same tile, same dtype, either way.
+@triton.jit
+def _tok(src, bh, S, c, j, L: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, TMA: tl.constexpr):
+    """The [L, BD] tile of chunk c's token rows and column block j of a (BH, S, D) tensor, zero outside, in
+    the tensor's own dtype (bf16 tiles go to tl.dot as they are)."""
+    if TMA:
+        return src.load([bh.to(tl.int32), c * L, j * BD]).reshape(L, BD)
+    else:
+        pos = c * L + tl.arange(0, L)
+        o = j * BD + tl.arange(0, BD)
+        return tl.load(src + (bh * S + pos[:, None]) * D + o[None, :], mask=(pos < S)[:, None] & (o < D)[None, :],
+                       other=0.0)
 
 
 @triton.jit
-def _state(ptr, sidx, ok, ov, DHQK: tl.constexpr, DHV: tl.constexpr):
-    """The [len(ok), len(ov)] tile of state ``sidx`` of a (N, DHQK, DHV) tensor, in the tensor's own dtype
+def _store_tok(dst, x, bh, S, c, j, L: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, TMA: tl.constexpr):
+    """Store an [L, BD] tile where ``_tok`` loads it (rows past S and columns past D are dropped)."""
+    if TMA:
+        dst.store([bh.to(tl.int32), c * L, j * BD], x.to(dst.dtype).reshape(1, L, BD))
+    else:
+        pos = c * L + tl.arange(0, L)
+        o = j * BD + tl.arange(0, BD)
+        tl.store(dst + (bh * S + pos[:, None]) * D + o[None, :], x.to(dst.dtype.element_ty),
+                 mask=(pos < S)[:, None] & (o < D)[None, :])
+
+
+@triton.jit
+def _st(src, sidx, jk, jv, BK: tl.constexpr, BV: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+        TMA: tl.constexpr):
+    """The [BK, BV] tile (jk, jv) of per-chunk state ``sidx`` of a (N, DHQK, DHV) tensor, in its own dtype
     (bf16 per-chunk states go to ``mm`` as they are; widen them for fp32 elementwise math)."""
-    return tl.load(ptr + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
-                   mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :], other=0.0)
+    if TMA:
+        return src.load([sidx.to(tl.int32), jk * BK, jv * BV]).reshape(BK, BV)
+    else:
+        ok = jk * BK + tl.arange(0, BK)
+        ov = jv * BV + tl.arange(0, BV)
+        return tl.load(src + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :],
+                       mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_st(dst, x, sidx, jk, jv, BK: tl.constexpr, BV: tl.constexpr, DHQK: tl.constexpr, DHV: tl.constexpr,
+              TMA: tl.constexpr):
+    if TMA:
+        dst.store([sidx.to(tl.int32), jk * BK, jv * BV], x.to(dst.dtype).reshape(1, BK, BV))
+    else:
+        ok = jk * BK + tl.arange(0, BK)
+        ov = jv * BV + tl.arange(0, BV)
+        tl.store(dst + sidx * DHQK * DHV + ok[:, None] * DHV + ov[None, :], x.to(dst.dtype.element_ty),
+                 mask=(ok < DHQK)[:, None] & (ov < DHV)[None, :])
 
 
 @triton.jit
@@ -187,13 +287,12 @@ def _row_max(logD, lb, cont, m_c):
 
 
 @triton.jit
-def _qk(q_ptr, k_ptr, bh, S, pos, real, L: tl.constexpr, DHQK: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr,
-        EMU: tl.constexpr):
-    """Q K^T of the chunk (unscaled), [L, L] fp32."""
+def _qk(q_ptr, k_ptr, bh, S, c, L: tl.constexpr, DHQK: tl.constexpr, BK: tl.constexpr, DT: tl.constexpr,
+        EMU: tl.constexpr, TMA: tl.constexpr):
+    """Q K^T of chunk c (unscaled), [L, L] fp32."""
     s_qk = tl.zeros([L, L], dtype=tl.float32)
     for kk in range(0, tl.cdiv(DHQK, BK)):
-        ok = kk * BK + tl.arange(0, BK)
-        s_qk += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), tl.trans(_rows(k_ptr, bh, S, pos, real, ok, DHQK)),
+        s_qk += mm(_tok(q_ptr, bh, S, c, kk, L, BK, DHQK, TMA), tl.trans(_tok(k_ptr, bh, S, c, kk, L, BK, DHQK, TMA)),
                    DT, EMU)
     return s_qk
 
@@ -201,11 +300,11 @@ def _qk(q_ptr, k_ptr, bh, S, pos, real, L: tl.constexpr, DHQK: tl.constexpr, BK:
 @triton.jit
 def _intra_weights(q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L: tl.constexpr,
                    DHQK: tl.constexpr, BK: tl.constexpr, HAS_RESET: tl.constexpr, DT: tl.constexpr,
-                   EMU: tl.constexpr):
+                   EMU: tl.constexpr, TMA: tl.constexpr):
     """P_ts = D_ts q̂_t.k_s (the intra-chunk weights, computed once per chunk) and the vectors around it."""
     t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
         lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
-    s_qk = _qk(q_ptr, k_ptr, bh, S, pos, real, L, DHQK, BK, DT, EMU)
+    s_qk = _qk(q_ptr, k_ptr, bh, S, c, L, DHQK, BK, DT, EMU, TMA)
     same, valid, logD = _chunk_tiles(t, real, b, ig, seg, HAS_RESET)
     sidx = bh * (NC + 1) + c
     m_c = tl.load(mall_ptr + sidx)
@@ -224,18 +323,17 @@ def tune_bucket(BH: int) -> int:
     return triton.next_power_of_2(BH)
 
 
-@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
-def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, CN_ptr, nall_ptr,
+def _fw_recurrent_kernel(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, CN_ptr, nall_ptr,
                   mall_ptr, S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
     """C_c before every chunk into Call (BH*NC states, ``state_dtype``), n_c, m_c into nall / mall (BH*(NC+1):
     the last is the final state), the final C into CN (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
     pv = tl.program_id(2)
     bidx = bh // NH
-    DT = k_ptr.dtype.element_ty
+    DT = k_ptr.dtype if TMA else k_ptr.dtype.element_ty
     ok = pk * BK + tl.arange(0, BK)
     ov = pv * BV + tl.arange(0, BV)
     mk = ok < DHQK
@@ -246,7 +344,7 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
     m = tl.load(m0_ptr + bh)
     for c in range(NC):
         sidx = bh * (NC + 1) + c
-        tl.store(Call_ptr + (bh * NC + c) * DHQK * DHV + st_off, C.to(Call_ptr.dtype.element_ty), mask=mkv)
+        _store_st(Call_ptr, C, bh * NC + c, pk, pv, BK, BV, DHQK, DHV, TMA)
         if pv == 0:
             tl.store(nall_ptr + sidx * DHQK + ok, n, mask=mk)
             if pk == 0:
@@ -256,8 +354,8 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
         u = tl.where(has_reset, g, g + m)
         m_new = tl.maximum(u, tl.max(log_a, 0))
         w_dec = tl.where(has_reset, 0.0, tl.exp(g + m - m_new))
-        kw = _rows(k_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32) * tl.exp(log_a - m_new)[:, None]
-        C = C * w_dec + mm(tl.trans(kw), _rows(v_ptr, bh, S, pos, real, ov, DHV), DT, EMU)
+        kw = _tok(k_ptr, bh, S, c, pk, L, BK, DHQK, TMA).to(tl.float32) * tl.exp(log_a - m_new)[:, None]
+        C = C * w_dec + mm(tl.trans(kw), _tok(v_ptr, bh, S, c, pv, L, BV, DHV, TMA), DT, EMU)
         n = n * w_dec + tl.sum(kw, 0)
         m = m_new
     sidx = bh * (NC + 1) + NC
@@ -268,37 +366,47 @@ def _fw_recurrent(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, 
             tl.store(mall_ptr + sidx, m)
 
 
-@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
+_fw_recurrent = _autotuned(_fw_recurrent_kernel, _REC_CONFIGS)
+# 4 warps: at 8 the sm_90 compile of _bw_recurrent without resets spills 8 B at the shipped shapes
+_REC_TMA_CONFIGS = _tma_configs(_REC_CONFIGS, default=(32, 64, 4))
+_fw_recurrent_tma = _autotuned(_fw_recurrent_kernel, _REC_TMA_CONFIGS)
+
+
 @triton.jit
-def _fw_output(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr, den_ptr,
+def _fw_output_kernel(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr,
+               den_ptr,
                S, NC, NH, BH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
     """One program per (b*head, chunk): P = D * Q K^T once, then h tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     bidx = bh // NH
-    DT = q_ptr.dtype.element_ty
+    DT = q_ptr.dtype if TMA else q_ptr.dtype.element_ty
     P, pos, real, log_a, log_init, cont, m_row, sidx = _intra_weights(
-        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU)
+        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU,
+        TMA)
     w_init = tl.where(cont, tl.exp(log_init - m_row), 0.0) * scale
     q_n = tl.zeros([L], dtype=tl.float32)
     for kk in range(0, tl.cdiv(DHQK, BK)):
         ok = kk * BK + tl.arange(0, BK)
         nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=ok < DHQK, other=0.0)
-        q_n += tl.sum(_rows(q_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32) * nt[None, :], 1)
+        q_n += tl.sum(_tok(q_ptr, bh, S, c, kk, L, BK, DHQK, TMA).to(tl.float32) * nt[None, :], 1)
     den = tl.sum(P, 1) + w_init * q_n
     rdenom = 1.0 / (tl.maximum(tl.abs(den), tl.exp(-m_row)) + eps)
     for vv in range(0, tl.cdiv(DHV, BV)):
-        ov = vv * BV + tl.arange(0, BV)
         q_c = tl.zeros([L, BV], dtype=tl.float32)
         for kk in range(0, tl.cdiv(DHQK, BK)):
-            ok = kk * BK + tl.arange(0, BK)
-            q_c += mm(_rows(q_ptr, bh, S, pos, real, ok, DHQK), _state(Call_ptr, bh * NC + c, ok, ov, DHQK, DHV),
-                      DT, EMU)
-        num = mm(P, _rows(v_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_init[:, None] * q_c
-        _store_rows(h_ptr, num * rdenom[:, None], bh, S, pos, real, ov, DHV)
+            q_c += mm(_tok(q_ptr, bh, S, c, kk, L, BK, DHQK, TMA),
+                      _st(Call_ptr, bh * NC + c, kk, vv, BK, BV, DHQK, DHV, TMA), DT, EMU)
+        num = mm(P, _tok(v_ptr, bh, S, c, vv, L, BV, DHV, TMA), DT, EMU) + w_init[:, None] * q_c
+        _store_tok(h_ptr, num * rdenom[:, None], bh, S, c, vv, L, BV, DHV, TMA)
     tl.store(mrow_ptr + bh * S + pos, m_row, mask=real)
     tl.store(den_ptr + bh * S + pos, den, mask=real)
+
+
+_fw_output = _autotuned(_fw_output_kernel, _PAR_CONFIGS)
+_PAR_TMA_CONFIGS = _tma_configs(_PAR_CONFIGS)
+_fw_output_tma = _autotuned(_fw_output_kernel, _PAR_TMA_CONFIGS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -330,18 +438,19 @@ def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S,
     tl.store(dmrow_ptr + bh * S + pos, -eps * dhh * rden, mask=real)
 
 
-@maybe_autotune(_REC_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
 @triton.jit
-def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr, dnN_ptr,
+def _bw_recurrent_kernel(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr,
+                  dnN_ptr,
                   dCall_ptr, dC0_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
-                  L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+                  L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr,
+                  TMA: tl.constexpr):
     """dC_{c+1} into dCall slot c (BH*NC states, ``state_dtype``: chunk c reads it with C_c from the same slot),
     dn_c into dnall (BH*(NC+1), fp32), dC_0 into dC0 (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
     pk = tl.program_id(1)
     pv = tl.program_id(2)
     bidx = bh // NH
-    DT = q_ptr.dtype.element_ty
+    DT = q_ptr.dtype if TMA else q_ptr.dtype.element_ty
     ok = pk * BK + tl.arange(0, BK)
     ov = pv * BV + tl.arange(0, BV)
     mk = ok < DHQK
@@ -352,7 +461,7 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
     for cc in range(NC):
         c = NC - 1 - cc
         sidx = bh * (NC + 1) + c
-        tl.store(dCall_ptr + (bh * NC + c) * DHQK * DHV + st_off, dC.to(dCall_ptr.dtype.element_ty), mask=mkv)
+        _store_st(dCall_ptr, dC, bh * NC + c, pk, pv, BK, BV, DHQK, DHV, TMA)
         if pv == 0:
             tl.store(dnall_ptr + (sidx + 1) * DHQK + ok, dn, mask=mk)
         t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
@@ -364,10 +473,11 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
         dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
         w_q = tl.where(cont & real, tl.exp(lb + m_c - m_row), 0.0) * scale  # weight of q_t on C_c
         w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
-        qt = _rows(q_ptr, bh, S, pos, real, ok, DHQK).to(tl.float32)
+        qt = _tok(q_ptr, bh, S, c, pk, L, BK, DHQK, TMA).to(tl.float32)
         # dC_c = w_dec dC_{c+1} + sum_t w_q,t q_t (dh_t / denom_t)^T: 1/denom folded into the q side so that
         # the dh tile goes to the tensor cores as loaded
-        dC = dC * w_dec + mm(tl.trans(qt * (w_q * rden)[:, None]), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU)
+        dC = dC * w_dec + mm(tl.trans(qt * (w_q * rden)[:, None]), _tok(dh_ptr, bh, S, c, pv, L, BV, DHV, TMA), DT,
+                             EMU)
         dn = dn * w_dec + tl.sum(qt * (w_q * dden)[:, None], 0)
     sidx = bh * (NC + 1)
     tl.store(dC0_ptr + bh * DHQK * DHV + st_off, dC, mask=mkv)
@@ -375,20 +485,24 @@ def _bw_recurrent(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rde
         tl.store(dnall_ptr + sidx * DHQK + ok, dn, mask=mk)
 
 
-@maybe_autotune(_DQK_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
+_bw_recurrent = _autotuned(_bw_recurrent_kernel, _REC_CONFIGS)
+_bw_recurrent_tma = _autotuned(_bw_recurrent_kernel, _REC_TMA_CONFIGS)
+
+
 @triton.jit
-def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, dCall_ptr, dnall_ptr,
+def _bw_dqk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, dCall_ptr,
+            dnall_ptr,
             rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr,
             di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr,
             S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
     """One program per (b*head, chunk). The two L x L matmuls (Q K^T, dh V^T) run first with only per-token
     vectors live; the L x L gate tiles are built after them and reduced to dS (the one L x L tile live in
     the dq / dk loop) and row / column sums."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     bidx = bh // NH
-    DT = q_ptr.dtype.element_ty
+    DT = q_ptr.dtype if TMA else q_ptr.dtype.element_ty
     t, pos, real, b, ig, seg, lb, in_last, log_a, g, cont, has_reset = _chunk_vec(
         lf_ptr, ig_ptr, rs_ptr, bh, bidx, c, S, L, HAS_RESET)
     sidx = bh * (NC + 1) + c
@@ -398,11 +512,11 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
     dden = tl.load(dden_ptr + bh * S + pos, mask=real, other=0.0)
     dmrow = tl.load(dmrow_ptr + bh * S + pos, mask=real, other=0.0)
 
-    s_qk = _qk(q_ptr, k_ptr, bh, S, pos, real, L, DHQK, BK, DT, EMU)
+    s_qk = _qk(q_ptr, k_ptr, bh, S, c, L, DHQK, BK, DT, EMU, TMA)
     dP = tl.zeros([L, L], dtype=tl.float32)  # d (sum_s P_ts v_s) / d P: dh_t . v_s / denom_t (+ the den path)
     for vv in range(0, tl.cdiv(DHV, BV)):
-        ov = vv * BV + tl.arange(0, BV)
-        dP += mm(_rows(dh_ptr, bh, S, pos, real, ov, DHV), tl.trans(_rows(v_ptr, bh, S, pos, real, ov, DHV)), DT, EMU)
+        dP += mm(_tok(dh_ptr, bh, S, c, vv, L, BV, DHV, TMA), tl.trans(_tok(v_ptr, bh, S, c, vv, L, BV, DHV, TMA)), DT,
+                 EMU)
     dP = dP * rden[:, None] + dden[:, None]
 
     same, valid, logD = _chunk_tiles(t, real, b, ig, seg, HAS_RESET)
@@ -444,25 +558,24 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
         X = tl.zeros([L, BK], dtype=tl.float32)  # X_t = C_c dh_t (times 1/denom_t below)
         Y = tl.zeros([L, BK], dtype=tl.float32)  # Y_s = dC_{c+1} v_s
         for vv in range(0, tl.cdiv(DHV, BV)):
-            ov = vv * BV + tl.arange(0, BV)
-            Ct = _state(Call_ptr, bh * NC + c, ok, ov, DHQK, DHV)  # C_c
-            dCt = _state(dCall_ptr, bh * NC + c, ok, ov, DHQK, DHV)  # dC_{c+1}
-            X += mm(_rows(dh_ptr, bh, S, pos, real, ov, DHV), tl.trans(Ct), DT, EMU)
-            Y += mm(_rows(v_ptr, bh, S, pos, real, ov, DHV), tl.trans(dCt), DT, EMU)
+            Ct = _st(Call_ptr, bh * NC + c, kk, vv, BK, BV, DHQK, DHV, TMA)  # C_c
+            dCt = _st(dCall_ptr, bh * NC + c, kk, vv, BK, BV, DHQK, DHV, TMA)  # dC_{c+1}
+            X += mm(_tok(dh_ptr, bh, S, c, vv, L, BV, DHV, TMA), tl.trans(Ct), DT, EMU)
+            Y += mm(_tok(v_ptr, bh, S, c, vv, L, BV, DHV, TMA), tl.trans(dCt), DT, EMU)
             gsum += tl.sum(Ct.to(tl.float32) * dCt.to(tl.float32), 1)
         nt = tl.load(nall_ptr + sidx * DHQK + ok, mask=mk, other=0.0)
         dnt = tl.load(dnall_ptr + (sidx + 1) * DHQK + ok, mask=mk, other=0.0)
         gsum += nt * dnt
         Xn = X * rden[:, None] + dden[:, None] * nt[None, :]
         Yn = Y + dnt[None, :]
-        qt = _rows(q_ptr, bh, S, pos, real, ok, DHQK)
-        kt = _rows(k_ptr, bh, S, pos, real, ok, DHQK)
+        qt = _tok(q_ptr, bh, S, c, kk, L, BK, DHQK, TMA)
+        kt = _tok(k_ptr, bh, S, c, kk, L, BK, DHQK, TMA)
         dq = mm(dS, kt, DT, EMU) + w_init[:, None] * Xn
         dk = mm(tl.trans(dS), qt, DT, EMU) * scale + w_s[:, None] * Yn
         dwi += tl.sum(qt.to(tl.float32) * Xn, 1) * scale
         A += w_s * tl.sum(kt.to(tl.float32) * Yn, 1)
-        _store_rows(dq_ptr, dq * scale, bh, S, pos, real, ok, DHQK)
-        _store_rows(dk_ptr, dk, bh, S, pos, real, ok, DHQK)
+        _store_tok(dq_ptr, dq * scale, bh, S, c, kk, L, BK, DHQK, TMA)
+        _store_tok(dk_ptr, dk, bh, S, c, kk, L, BK, DHQK, TMA)
 
     # gate gradients with m held fixed, plus the m_row routing (all local to the chunk)
     w_dec = tl.where(has_reset, 0.0, tl.exp(g + m_c - m_n))
@@ -489,30 +602,37 @@ def _bw_dqk(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_
     tl.store(chunk_ptr + cidx + 2, r_sum)
 
 
-@maybe_autotune(_PAR_CONFIGS, key=["DHQK", "DHV", "L", "BH"], prune=prune_head_blocks)
+_bw_dqk = _autotuned(_bw_dqk_kernel, _DQK_CONFIGS)
+_DQK_TMA_CONFIGS = _tma_configs(_DQK_CONFIGS)
+_bw_dqk_tma = _autotuned(_bw_dqk_kernel, _DQK_TMA_CONFIGS)
+
+
 @triton.jit
-def _bw_dv(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
+def _bw_dv_kernel(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
            S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr):
+           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
     """One program per (b*head, chunk): P once, then dv_s = sum_t P_ts dh_t / denom_t + w_s dC_{c+1}^T k_s
     tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     bidx = bh // NH
-    DT = q_ptr.dtype.element_ty
+    DT = q_ptr.dtype if TMA else q_ptr.dtype.element_ty
     P, pos, real, log_a, log_init, cont, m_row, sidx = _intra_weights(
-        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU)
+        q_ptr, k_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, bh, bidx, c, S, NC, scale, L, DHQK, BK, HAS_RESET, DT, EMU,
+        TMA)
     w_s = tl.exp(log_a - tl.load(mall_ptr + sidx + 1))
     Pr = P * tl.load(rden_ptr + bh * S + pos, mask=real, other=0.0)[:, None]  # 1/denom_t on P's rows
     for vv in range(0, tl.cdiv(DHV, BV)):
-        ov = vv * BV + tl.arange(0, BV)
         Z = tl.zeros([L, BV], dtype=tl.float32)  # Z_s = dC_{c+1}^T k_s
         for kk in range(0, tl.cdiv(DHQK, BK)):
-            ok = kk * BK + tl.arange(0, BK)
-            Z += mm(_rows(k_ptr, bh, S, pos, real, ok, DHQK), _state(dCall_ptr, bh * NC + c, ok, ov, DHQK, DHV), DT,
-                    EMU)
-        dv = mm(tl.trans(Pr), _rows(dh_ptr, bh, S, pos, real, ov, DHV), DT, EMU) + w_s[:, None] * Z
-        _store_rows(dv_ptr, dv, bh, S, pos, real, ov, DHV)
+            Z += mm(_tok(k_ptr, bh, S, c, kk, L, BK, DHQK, TMA),
+                    _st(dCall_ptr, bh * NC + c, kk, vv, BK, BV, DHQK, DHV, TMA), DT, EMU)
+        dv = mm(tl.trans(Pr), _tok(dh_ptr, bh, S, c, vv, L, BV, DHV, TMA), DT, EMU) + w_s[:, None] * Z
+        _store_tok(dv_ptr, dv, bh, S, c, vv, L, BV, DHV, TMA)
+
+
+_bw_dv = _autotuned(_bw_dv_kernel, _PAR_CONFIGS)
+_bw_dv_tma = _autotuned(_bw_dv_kernel, _PAR_TMA_CONFIGS)
 
 
 @triton.jit
@@ -546,6 +666,37 @@ def _meta(DHQK: int, DHV: int) -> dict:
     return {"BK": pow2_block(DHQK), "BV": pow2_block(DHV)}
 
 
+@functools.lru_cache(maxsize=None)
+def _has_tma(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _use_tma(L: int, *tensors) -> bool:
+    """Whether a launch reads and writes its tiles through tensor descriptors (``TMA_LOADS``): TMA needs
+    16-byte aligned base addresses and row strides, and boxes of at most 256 rows."""
+    if TMA_LOADS is False or os.environ.get("XLSTM_MLSTM_TMA", "1") == "0":
+        return False
+    if TMA_LOADS is None and (tensors[0].element_size() != 2 or not _has_tma(tensors[0].device)):
+        return False
+    return L <= 256 and all(t.is_contiguous() and t.data_ptr() % 16 == 0 and t.shape[-1] * t.element_size() % 16 == 0
+                            for t in tensors)
+
+
+def _sources(tma: bool, meta: dict, **tensors) -> list:
+    """A launch's tile sources in argument order: the tensors, or (``tma``) 3-D tensor descriptors of them,
+    (B*NH, S, D) for token tensors and (B*NH*NC, DHQK, DHV) for per-chunk states. On a GPU each autotune config
+    sets the block shapes (``_set_tma_blocks``); under the interpreter ``meta`` holds the fixed tiles."""
+    if not tma:
+        return list(tensors.values())
+    out = {}
+    for name, t in tensors.items():
+        rows, cols = t.shape[-2], t.shape[-1]
+        out[name] = TensorDescriptor(t, [t.numel() // (rows * cols), rows, cols], [rows * cols, cols, 1], [1, 16, 16])
+    if INTERPRET:
+        _set_tma_blocks({**out, **meta})
+    return list(out.values())
+
+
 def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     """The state before every chunk and the final one: C_all (BH, NC, DHQK, DHV) in ``state_dtype``, the final
     C (BH, DHQK, DHV) fp32, n_all (BH, NC+1, DHQK) and m_all (BH, NC+1) fp32 (index NC: the final n, m)."""
@@ -560,9 +711,13 @@ def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     n_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
     m_all = torch.empty(BH, NC + 1, dtype=f32, device=dev)
     has_reset = rs is not None
-    _fw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        k, v, lf, ig, rs if has_reset else lf, C0, n0, m0, C_all, CN, n_all, m_all, S, NC, NH, tune_bucket(BH),
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=INTERPRET, **_meta(DHQK, DHV))
+    meta = _meta(DHQK, DHV)
+    tma = _use_tma(L, k, v, C_all)
+    k_src, v_src, C_src = _sources(tma, dict(meta, L=L), k_ptr=k, v_ptr=v, Call_ptr=C_all)
+    grid = lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))  # noqa: E731
+    (_fw_recurrent_tma if tma else _fw_recurrent)[grid](
+        k_src, v_src, lf, ig, rs if has_reset else lf, C0, n0, m0, C_src, CN, n_all, m_all, S, NC, NH, tune_bucket(BH),
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=INTERPRET, TMA=tma, **meta)
     return C_all, CN, n_all, m_all
 
 
@@ -581,9 +736,11 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     rs_arg = rs if has_reset else lf
     emu = INTERPRET
     meta = _meta(DHQK, DHV)
-    _fw_output[(BH, NC)](
-        q, k, v, lf, ig, rs_arg, C_all, n_all, m_all, h, m_row, den, S, NC, NH, tune_bucket(BH), DHQK**-0.5, eps,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    tma = _use_tma(L, q, k, v, C_all, h)
+    q_s, k_s, v_s, C_s, h_s = _sources(tma, dict(meta, L=L), q_ptr=q, k_ptr=k, v_ptr=v, Call_ptr=C_all, h_ptr=h)
+    (_fw_output_tma if tma else _fw_output)[(BH, NC)](
+        q_s, k_s, v_s, lf, ig, rs_arg, C_s, n_all, m_all, h_s, m_row, den, S, NC, NH, tune_bucket(BH), DHQK**-0.5, eps,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
     return h, C_all, CN, n_all, m_all, m_row, den
 
 
@@ -608,9 +765,13 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     dC_all = torch.empty(BH, NC, DHQK, DHV, dtype=C_all.dtype, device=dev)  # dC_{c+1} at c: C_c's dtype
     dC0 = torch.empty(BH, DHQK, DHV, dtype=f32, device=dev)
     dn_all = torch.empty(BH, NC + 1, DHQK, dtype=f32, device=dev)
-    _bw_recurrent[lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))](
-        q, dh, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_all, dC0, dn_all, S, NC, NH, tune_bucket(BH),
-        scale, DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+    tma = _use_tma(L, q, k, v, dh, C_all, dC_all)
+    mt = dict(meta, L=L)
+    q_s, dh_s, dC_s = _sources(tma, mt, q_ptr=q, dh_ptr=dh, dCall_ptr=dC_all)
+    grid = lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))  # noqa: E731
+    (_bw_recurrent_tma if tma else _bw_recurrent)[grid](
+        q_s, dh_s, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_s, dC0, dn_all, S, NC, NH, tune_bucket(BH),
+        scale, DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -619,13 +780,16 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     ra = torch.empty_like(di_loc)
     rl = torch.empty_like(di_loc)
     chunk = torch.empty(BH, NC, 4, dtype=f32, device=dev)
-    _bw_dqk[(BH, NC)](
-        q, k, v, dh, lf, ig, rs_arg, C_all, n_all, m_all, dC_all, dn_all, rden, dden, dmrow, dq, dk,
+    q_s, k_s, v_s, dh_s, C_s, dC_s, dq_s, dk_s = _sources(
+        tma, mt, q_ptr=q, k_ptr=k, v_ptr=v, dh_ptr=dh, Call_ptr=C_all, dCall_ptr=dC_all, dq_ptr=dq, dk_ptr=dk)
+    (_bw_dqk_tma if tma else _bw_dqk)[(BH, NC)](
+        q_s, k_s, v_s, dh_s, lf, ig, rs_arg, C_s, n_all, m_all, dC_s, dn_all, rden, dden, dmrow, dq_s, dk_s,
         di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, tune_bucket(BH), scale,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
-    _bw_dv[(BH, NC)](
-        q, k, dh, lf, ig, rs_arg, m_all, dC_all, rden, dv, S, NC, NH, tune_bucket(BH), scale,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, **meta)
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
+    q_s, k_s, dh_s, dC_s, dv_s = _sources(tma, mt, q_ptr=q, k_ptr=k, dh_ptr=dh, dCall_ptr=dC_all, dv_ptr=dv)
+    (_bw_dv_tma if tma else _bw_dv)[(BH, NC)](
+        q_s, k_s, dh_s, lf, ig, rs_arg, m_all, dC_s, rden, dv_s, S, NC, NH, tune_bucket(BH), scale,
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
     di = torch.empty_like(di_loc)
     dlf = torch.empty_like(di_loc)
     dm0 = torch.empty(BH, dtype=f32, device=dev)

@@ -224,6 +224,20 @@ def mlstm_contenders(args, device, dtype):
 
     out = {"ours (triton)": lambda q, k, v, i, f: fwbw(lambda: mlstm_chunkwise_triton(q, k, v, i, f,
                                                                                         chunk_size=args.chunk_size))}
+    from xlstm_kernels.mlstm import chunkwise_triton as ct
+
+    if device.type == "cuda" and ct._has_tma(device):  # what the TMA tile loads (the default here) are worth
+        def pointer_loads(q, k, v, i, f):
+            inner = fwbw(lambda: mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=args.chunk_size))
+
+            def run():  # forward and backward both on the pointer loads
+                ct.TMA_LOADS = False
+                try:
+                    inner()
+                finally:
+                    ct.TMA_LOADS = None
+            return run
+        out["ours (triton, pointer loads)"] = pointer_loads
     if fla_available():  # our mLSTM (normaliser, stabiliser, states) on FLA's chunk_simple_gla kernels
         from xlstm_kernels.mlstm.fla import mlstm_fla
 
@@ -425,22 +439,27 @@ def _kernel_variants(quick):
     from xlstm_kernels.slstm import recurrent_triton as rt
 
     out = []
-    m_cases = [(lbl, dk, dv, SHIPPED_CHUNK, "bf16", True, True) for lbl, dk, dv in SHIPPED_MLSTM]
+    # (label, DHQK, DHV, chunk, dtype, resets, TMA tile loads (the default on sm_90), asserted)
+    m_cases = [(lbl, dk, dv, SHIPPED_CHUNK, "bf16", True, tma, True) for lbl, dk, dv in SHIPPED_MLSTM
+               for tma in (True, False)]
     if not quick:
-        m_cases += [("7B", 256, 512, SHIPPED_CHUNK, "bf16", False, True)]
-        m_cases += [("7B", 256, 512, SHIPPED_CHUNK, dt, True, False) for dt in ("fp16", "fp32")]
-        m_cases += [("7B", 256, 512, 128, "bf16", True, False), ("small", 64, 64, 32, "bf16", True, False)]
-    for lbl, DHQK, DHV, L, dt, has_reset, asserted in m_cases:
+        m_cases += [("7B", 256, 512, SHIPPED_CHUNK, "bf16", False, tma, True) for tma in (True, False)]
+        m_cases += [("7B", 256, 512, SHIPPED_CHUNK, dt, True, tma, False) for dt in ("fp16", "fp32") for tma in (True, False)]
+        m_cases += [("7B", 256, 512, 128, "bf16", True, tma, False) for tma in (True, False)]
+        m_cases += [("small", 64, 64, 32, "bf16", True, False, False)]
+    for lbl, DHQK, DHV, L, dt, has_reset, tma, asserted in m_cases:
         for name, cfgs in _MLSTM_KERNELS:
+            if tma and cfgs is None:  # _bw_prep / _bw_mchain have no tile loads to move to TMA
+                continue
             consts = dict(DHV=DHV, BT=64, BV=128) if name == "_bw_prep" else dict(L=L)
             warps, stages = 4, 1
             if cfgs is not None:
-                c = getattr(ct, cfgs)[0]
-                consts.update(DHQK=DHQK, DHV=DHV, HAS_RESET=has_reset, EMU=False, **c.kwargs)
+                c = getattr(ct, cfgs.replace("_CONFIGS", "_TMA_CONFIGS") if tma else cfgs)[0]
+                consts.update(DHQK=DHQK, DHV=DHV, HAS_RESET=has_reset, EMU=False, TMA=tma, **c.kwargs)
                 warps, stages = c.num_warps, c.num_stages
             tiles = f" BK{consts['BK']} BV{consts['BV']}" if "BK" in consts else ""
-            out.append((f"mLSTM {name} {lbl} L{L} {DHQK}x{DHV}{tiles}{'' if has_reset else ' no-reset'}",
-                        getattr(ct, name), consts, warps, stages, dt, asserted))
+            out.append((f"mLSTM {name} {lbl} L{L} {DHQK}x{DHV}{tiles}{' TMA' if tma else ''}"
+                        f"{'' if has_reset else ' no-reset'}", getattr(ct, name), consts, warps, stages, dt, asserted))
     s_cases = [("bf16", dh, True) for dh in SHIPPED_SLSTM_DH]
     if not quick:
         s_cases += [("bf16", 64, False), ("bf16", 128, False)] + [("fp32", dh, False) for dh in (64, 192, 512)]
@@ -473,7 +492,15 @@ def _kernel_variants(quick):
     return out
 
 
-def _arg_type(name, dt):
+def _arg_type(name, dt, consts=None):
+    """The AOT signature type of kernel argument ``name`` for inputs of dtype ``dt``; with ``consts["TMA"]`` the
+    mLSTM tile arguments are tensor descriptors with the blocks ``chunkwise_triton._TMA_BLOCKS`` gives them."""
+    from xlstm_kernels.mlstm import chunkwise_triton as ct
+
+    if consts and consts.get("TMA") and name in ct._TMA_BLOCKS:
+        rows, cols = ct._TMA_BLOCKS[name]
+        elem = _arg_type(name, dt)[1:]
+        return f"tensordesc<{elem}[1,{consts[rows]},{consts[cols]}]>"
     if name in ("q_ptr", "k_ptr", "v_ptr", "h_ptr", "dh_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "wx_ptr", "y_ptr", "dy_ptr",
                 "R_ptr", "b_ptr"):
         return f"*{dt}"
@@ -504,7 +531,7 @@ def _aot_compile(job):
     fn = kernel
     while isinstance(fn, Autotuner):
         fn = fn.fn
-    sig = {a: ("constexpr" if a in consts else _arg_type(a, dt)) for a in fn.arg_names}
+    sig = {a: ("constexpr" if a in consts else _arg_type(a, dt, consts)) for a in fn.arg_names}
     try:
         compiled = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": warps, "num_stages": stages})
