@@ -525,6 +525,26 @@ def test_slstm_split_plan():
     assert split_plan(8, 4, 64, 132, 2) == (16, True)
 
 
+def test_slstm_split_launch_on_a_gpu_is_cooperative(monkeypatch):
+    """On a GPU the one-launch split kernels (programs meeting at a spin barrier every step) are launched
+    cooperatively: the driver runs the whole grid at once or refuses it, instead of leaving programs that
+    kernels on other streams (NCCL) crowd out unscheduled while the rest spin. Grids over the SM count are
+    refused before launch, naming the fix."""
+    import types
+
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    assert "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__  # the launch option Triton passes on
+    monkeypatch.setattr(recurrent_triton, "INTERPRET", False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: types.SimpleNamespace(multi_processor_count=132))
+    grid, kw, one_launch = recurrent_triton._split_launch("cuda", 8, 4, 192, (16, True))
+    assert grid == (1, 4, 12) and one_launch and kw["launch_cooperative_grid"] is True and kw["num_stages"] == 1
+    grid, kw, one_launch = recurrent_triton._split_launch("cuda", 8, 4, 16, (16, True))  # one program per group
+    assert grid[2] == 1 and one_launch and "launch_cooperative_grid" not in kw
+    with pytest.raises(ValueError, match="132 SMs.*XLSTM_SLSTM_SPLIT=0"):
+        recurrent_triton._split_launch("cuda", 64, 4, 512, (16, True))  # 4 x 4 x 32 = 512 programs
+
+
 def test_slstm_backend_dispatch_and_signature():
     torch_sig = inspect.signature(xlstm_kernels.SLSTM_BACKENDS["torch"])
     triton_sig = inspect.signature(xlstm_kernels.SLSTM_BACKENDS["triton"])

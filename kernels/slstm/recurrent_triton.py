@@ -672,6 +672,12 @@ def _split_launch(device, B, NH, DH, plan):
     # other programs' data before the barrier
     kw = dict(DH=DH, DHP=max(16, triton.next_power_of_2(DH)), BB=BB, BN=BN, BK=SPLIT_BK, RESIDENT=resident,
               EMU=INTERPRET, num_warps=_SPLIT_WARPS, num_stages=1)
+    if not INTERPRET and grid[2] > 1:
+        # A cooperative launch: the driver schedules the whole grid at once or refuses the launch with an
+        # error. A plain launch only fits the SMs when nothing else runs: kernels on other streams (NCCL's
+        # all-reduce overlapping the backward) can hold SMs, leaving some programs of a group unscheduled while
+        # the others spin at the barrier waiting for them.
+        kw["launch_cooperative_grid"] = True
     return grid, kw, not INTERPRET or grid[2] == 1
 
 
