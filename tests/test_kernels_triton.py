@@ -105,19 +105,22 @@ def test_mlstm_half_inputs(dtype):
 # TMA tile loads (tensor descriptors, the default on Hopper): the cases whose layouts TMA takes (rows of 16-byte
 # multiples), fp32 and bf16, ragged S, resets inside and on chunk edges, head dims that do not fill a tile
 TMA_CASES = {"ragged_reset_state": torch.float32, "multi_tile_heads": torch.float32, "chunk32": torch.float32,
-             "reset_at_t0": torch.float32, "ragged_reset_state-bf16": torch.bfloat16}
+             "reset_at_t0": torch.float32, "ragged_reset_state-bf16": torch.bfloat16,
+             "chunk32-fp16": torch.float16}  # fp16: fp32 per-chunk states behind fp16 token tiles
 
 
 @pytest.mark.parametrize("case", list(TMA_CASES))
 def test_mlstm_tma_tiles_match_pointer_tiles_and_fp64(case, monkeypatch):
-    """The tensor-descriptor path computes bit for bit what the pointer path computes (same tiles, zero-filled
-    outside the tensor by the copy engine instead of by masks; stores clipped at S and the head dims), and
-    so matches the fp64 reference. Under the interpreter the descriptors are emulated; on a GPU run this file
-    with TRITON_INTERPRET=0 to test the real copies."""
+    """With the same tiles the tensor-descriptor path computes bit for bit what the pointer path computes
+    (zero-filled outside the tensor by the copy engine instead of by masks; stores clipped at S and the head
+    dims), and matches the fp64 reference. Under the interpreter (fixed tiles) the descriptors are emulated
+    and the two paths must be bit-identical; on a GPU (TRITON_INTERPRET=0: the real copies) the two paths are
+    autotuned separately and may pick different tiles, i.e. another fp32 summation order, so there they are
+    compared within a few roundings."""
     dtype = TMA_CASES[case]
     B, NH, S, DK, DV, pkw, rkw = MLSTM_CASES[case.split("-")[0]]
     xs, reset, weights = mlstm_problem(B, NH, S, DK, DV, **pkw)
-    if dtype == torch.bfloat16:
+    if dtype != torch.float32:
         xs = [x.to(dtype).float() if j < 3 else x for j, x in enumerate(xs)]  # the reference sees rounded inputs
     launches = []
     sources = chunkwise_triton._sources
@@ -137,9 +140,12 @@ def test_mlstm_tma_tiles_match_pointer_tiles_and_fp64(case, monkeypatch):
         assert len(launches) == 6 and all(t == tma for t, _ in launches), launches
         assert all(set(kinds) == {"TensorDescriptor" if tma else "Tensor"} for _, kinds in launches), launches
     for a, b in zip(runs[False][0] + runs[False][1], runs[True][0] + runs[True][1]):
-        assert torch.equal(a, b)
+        if INTERPRET:
+            assert torch.equal(a, b)
+        else:
+            assert rel_err(a, b) < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     ref_o, ref_g = mlstm_run(parallel_ref, xs, reset, weights, dtype=F64, **rkw)
-    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    tol = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
     for name, a, b in zip(["h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"],
                           runs[True][0] + runs[True][1], ref_o + ref_g):
         assert rel_err(a, b) < tol, f"{case} {name}: {rel_err(a, b):.2e}"
@@ -158,6 +164,9 @@ def test_mlstm_tma_only_where_the_layout_allows(monkeypatch):
     assert not use(64, buf[1:].view(2, 3, 40, 16))  # base 2 bytes past an aligned address
     assert not use(64, x.transpose(2, 3))  # not contiguous
     assert not use(512, x)  # a chunk of 512 rows is more than one box
+    assert not use(64, torch.zeros(0, 3, 40, 16, dtype=torch.bfloat16))  # no descriptor for an empty tensor
+    q0 = torch.zeros(0, 2, 8, 16, device=DEVICE)
+    assert chunkwise_triton.mlstm_chunkwise_triton(q0, q0, q0, q0[..., 0], q0[..., 0], chunk_size=16).shape == q0.shape
     monkeypatch.setenv("XLSTM_MLSTM_TMA", "0")
     assert not use(64, x)
     monkeypatch.delenv("XLSTM_MLSTM_TMA")
@@ -543,6 +552,12 @@ def test_slstm_split_launch_on_a_gpu_is_cooperative(monkeypatch):
     assert grid[2] == 1 and one_launch and "launch_cooperative_grid" not in kw
     with pytest.raises(ValueError, match="132 SMs.*XLSTM_SLSTM_SPLIT=0"):
         recurrent_triton._split_launch("cuda", 64, 4, 512, (16, True))  # 4 x 4 x 32 = 512 programs
+    with pytest.raises(RuntimeError, match="refused the cooperative launch.*XLSTM_SLSTM_SPLIT=0"):
+        with recurrent_triton._refused_launch_hint((1, 4, 12)):  # what the driver says under an MPS SM limit
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+    with pytest.raises(RuntimeError, match="^out of memory$"):  # other errors pass through unchanged
+        with recurrent_triton._refused_launch_hint((1, 4, 12)):
+            raise RuntimeError("out of memory")
 
 
 def test_slstm_backend_dispatch_and_signature():

@@ -123,7 +123,9 @@ _PAR_CONFIGS = [triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=1)
 # _bw_dqk keeps dS, the X / Y accumulators and the dq / dk tiles live at once: at L = 64 only BK 16 x BV 32
 # (8 warps) compiles without spills on sm_90, so that is its default; the larger tiles stay in the search.
 _DQK_CONFIGS = [triton.Config({"BK": 16, "BV": 32}, num_warps=8, num_stages=1)] + _PAR_CONFIGS
-_KEY = ["DHQK", "DHV", "L", "BH"]
+# KEY_DT (the input dtype's name, a constexpr the kernels do not read) is in the key because the autotuner adds
+# the dtypes of tensor arguments to its key by itself, but a tensor descriptor has no dtype it can see.
+_KEY = ["DHQK", "DHV", "L", "BH", "KEY_DT"]
 # Which tile each tensor-descriptor argument is read or written in: (rows, columns) by meta-parameter name.
 _TMA_BLOCKS = {"q_ptr": ("L", "BK"), "k_ptr": ("L", "BK"), "dq_ptr": ("L", "BK"), "dk_ptr": ("L", "BK"),
                "v_ptr": ("L", "BV"), "h_ptr": ("L", "BV"), "dh_ptr": ("L", "BV"), "dv_ptr": ("L", "BV"),
@@ -326,7 +328,8 @@ def tune_bucket(BH: int) -> int:
 @triton.jit
 def _fw_recurrent_kernel(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, CN_ptr, nall_ptr,
                   mall_ptr, S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
+                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
+                  KEY_DT: tl.constexpr):
     """C_c before every chunk into Call (BH*NC states, ``state_dtype``), n_c, m_c into nall / mall (BH*(NC+1):
     the last is the final state), the final C into CN (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -376,7 +379,8 @@ _fw_recurrent_tma = _autotuned(_fw_recurrent_kernel, _REC_TMA_CONFIGS)
 def _fw_output_kernel(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr,
                den_ptr,
                S, NC, NH, BH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
+               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
+               KEY_DT: tl.constexpr):
     """One program per (b*head, chunk): P = D * Q K^T once, then h tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
@@ -443,7 +447,8 @@ def _bw_recurrent_kernel(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_p
                   dnN_ptr,
                   dCall_ptr, dC0_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
                   L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr,
-                  TMA: tl.constexpr):
+                  TMA: tl.constexpr,
+                  KEY_DT: tl.constexpr):
     """dC_{c+1} into dCall slot c (BH*NC states, ``state_dtype``: chunk c reads it with C_c from the same slot),
     dn_c into dnall (BH*(NC+1), fp32), dC_0 into dC0 (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -495,7 +500,8 @@ def _bw_dqk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr
             rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr,
             di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr,
             S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
+            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
+            KEY_DT: tl.constexpr):
     """One program per (b*head, chunk). The two L x L matmuls (Q K^T, dh V^T) run first with only per-token
     vectors live; the L x L gate tiles are built after them and reduced to dS (the one L x L tile live in
     the dq / dk loop) and row / column sums."""
@@ -610,7 +616,8 @@ _bw_dqk_tma = _autotuned(_bw_dqk_kernel, _DQK_TMA_CONFIGS)
 @triton.jit
 def _bw_dv_kernel(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
            S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr):
+           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
+           KEY_DT: tl.constexpr):
     """One program per (b*head, chunk): P once, then dv_s = sum_t P_ts dh_t / denom_t + w_s dC_{c+1}^T k_s
     tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
@@ -668,18 +675,20 @@ def _meta(DHQK: int, DHV: int) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _has_tma(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    # ROCm reports its GPUs as "cuda" devices too (an MI300 as capability 9.4): TMA is NVIDIA's
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _use_tma(L: int, *tensors) -> bool:
     """Whether a launch reads and writes its tiles through tensor descriptors (``TMA_LOADS``): TMA needs
-    16-byte aligned base addresses and row strides, and boxes of at most 256 rows."""
+    16-byte aligned base addresses and row strides, boxes of at most 256 rows, and a descriptor cannot describe
+    an empty tensor (a batch of 0 or a sequence of length 0 runs the pointer path, which launches nothing)."""
     if TMA_LOADS is False or os.environ.get("XLSTM_MLSTM_TMA", "1") == "0":
         return False
     if TMA_LOADS is None and (tensors[0].element_size() != 2 or not _has_tma(tensors[0].device)):
         return False
-    return L <= 256 and all(t.is_contiguous() and t.data_ptr() % 16 == 0 and t.shape[-1] * t.element_size() % 16 == 0
-                            for t in tensors)
+    return L <= 256 and all(t.numel() > 0 and t.is_contiguous() and t.data_ptr() % 16 == 0
+                            and t.shape[-1] * t.element_size() % 16 == 0 for t in tensors)
 
 
 def _sources(tma: bool, meta: dict, **tensors) -> list:
@@ -717,7 +726,7 @@ def _chunk_states(k, v, lf, ig, rs, C0, n0, m0, L):
     grid = lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))  # noqa: E731
     (_fw_recurrent_tma if tma else _fw_recurrent)[grid](
         k_src, v_src, lf, ig, rs if has_reset else lf, C0, n0, m0, C_src, CN, n_all, m_all, S, NC, NH, tune_bucket(BH),
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=INTERPRET, TMA=tma, **meta)
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=INTERPRET, TMA=tma, KEY_DT=str(k.dtype), **meta)
     return C_all, CN, n_all, m_all
 
 
@@ -740,7 +749,7 @@ def _forward(q, k, v, lf, ig, rs, C0, n0, m0, eps, L):
     q_s, k_s, v_s, C_s, h_s = _sources(tma, dict(meta, L=L), q_ptr=q, k_ptr=k, v_ptr=v, Call_ptr=C_all, h_ptr=h)
     (_fw_output_tma if tma else _fw_output)[(BH, NC)](
         q_s, k_s, v_s, lf, ig, rs_arg, C_s, n_all, m_all, h_s, m_row, den, S, NC, NH, tune_bucket(BH), DHQK**-0.5, eps,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, KEY_DT=str(k.dtype), **meta)
     return h, C_all, CN, n_all, m_all, m_row, den
 
 
@@ -771,7 +780,7 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     grid = lambda M: (BH, triton.cdiv(DHQK, M["BK"]), triton.cdiv(DHV, M["BV"]))  # noqa: E731
     (_bw_recurrent_tma if tma else _bw_recurrent)[grid](
         q_s, dh_s, lf, ig, rs_arg, m_all, m_row, rden, dden, dCN, dnN, dC_s, dC0, dn_all, S, NC, NH, tune_bucket(BH),
-        scale, DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
+        scale, DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, KEY_DT=str(k.dtype), **meta)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -785,11 +794,11 @@ def _backward(q, k, v, lf, ig, rs, C_all, n_all, m_all, m_row, den, h, dh, dCN, 
     (_bw_dqk_tma if tma else _bw_dqk)[(BH, NC)](
         q_s, k_s, v_s, dh_s, lf, ig, rs_arg, C_s, n_all, m_all, dC_s, dn_all, rden, dden, dmrow, dq_s, dk_s,
         di_loc, dlf_loc, ra, rl, chunk, S, NC, NH, tune_bucket(BH), scale,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, KEY_DT=str(k.dtype), **meta)
     q_s, k_s, dh_s, dC_s, dv_s = _sources(tma, mt, q_ptr=q, k_ptr=k, dh_ptr=dh, dCall_ptr=dC_all, dv_ptr=dv)
     (_bw_dv_tma if tma else _bw_dv)[(BH, NC)](
         q_s, k_s, dh_s, lf, ig, rs_arg, m_all, dC_s, rden, dv_s, S, NC, NH, tune_bucket(BH), scale,
-        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, **meta)
+        DHQK=DHQK, DHV=DHV, L=L, HAS_RESET=has_reset, EMU=emu, TMA=tma, KEY_DT=str(k.dtype), **meta)
     di = torch.empty_like(di_loc)
     dlf = torch.empty_like(di_loc)
     dm0 = torch.empty(BH, dtype=f32, device=dev)

@@ -27,6 +27,7 @@ kernel; fp32 inputs use exact fp32 products.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -681,13 +682,27 @@ def _split_launch(device, B, NH, DH, plan):
     return grid, kw, not INTERPRET or grid[2] == 1
 
 
+@contextlib.contextmanager
+def _refused_launch_hint(grid):
+    """A cooperative launch the driver refuses (e.g. an MPS limit on the SMs this process may use) says so and
+    names the switch, instead of a bare CUDA error."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "cooperative" not in str(e).lower() and "too large" not in str(e).lower():
+            raise
+        raise RuntimeError(f"sLSTM split kernels: the GPU refused the cooperative launch of grid {grid} ({e}); "
+                           f"XLSTM_SLSTM_SPLIT=0 runs the blocked kernel instead") from e
+
+
 def _split_fw(wx, R, b, s0, rs, y, hs, gs, plan):
     B, S, _, NH, DH = wx.shape
     grid, kw, one_launch = _split_launch(wx.device, B, NH, DH, plan)
     cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
     args = (wx, R, b, s0, rs if rs is not None else s0, y, hs, gs, cnt, B, S, NH)
     if one_launch:
-        _slstm_fw_split[grid](*args, 0, S, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
+        with _refused_launch_hint(grid):
+            _slstm_fw_split[grid](*args, 0, S, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
     else:
         for t in range(S):
             _slstm_fw_split[grid](*args, t, t + 1, SYNC=False, HAS_RESET=rs is not None, **kw)
@@ -700,7 +715,8 @@ def _split_bw(dy, R, hs, gs, s0, rs, dsN, dg, ds0, plan):
     cur = dsN.contiguous().clone()
     args = (dy, R, hs, gs, s0, rs if rs is not None else s0, cur, dg, ds0, cnt, B, S, NH)
     if one_launch:
-        _slstm_bw_split[grid](*args, 0, S, PHASES=3, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
+        with _refused_launch_hint(grid):
+            _slstm_bw_split[grid](*args, 0, S, PHASES=3, SYNC=grid[2] > 1, HAS_RESET=rs is not None, **kw)
     else:
         for t in reversed(range(S)):
             for phase in (1, 2):

@@ -231,11 +231,11 @@ def mlstm_contenders(args, device, dtype):
             inner = fwbw(lambda: mlstm_chunkwise_triton(q, k, v, i, f, chunk_size=args.chunk_size))
 
             def run():  # forward and backward both on the pointer loads
-                ct.TMA_LOADS = False
+                saved, ct.TMA_LOADS = ct.TMA_LOADS, False
                 try:
                     inner()
                 finally:
-                    ct.TMA_LOADS = None
+                    ct.TMA_LOADS = saved
             return run
         out["ours (triton, pointer loads)"] = pointer_loads
     if fla_available():  # our mLSTM (normaliser, stabiliser, states) on FLA's chunk_simple_gla kernels
@@ -455,7 +455,7 @@ def _kernel_variants(quick):
             warps, stages = 4, 1
             if cfgs is not None:
                 c = getattr(ct, cfgs.replace("_CONFIGS", "_TMA_CONFIGS") if tma else cfgs)[0]
-                consts.update(DHQK=DHQK, DHV=DHV, HAS_RESET=has_reset, EMU=False, TMA=tma, **c.kwargs)
+                consts.update(DHQK=DHQK, DHV=DHV, HAS_RESET=has_reset, EMU=False, TMA=tma, KEY_DT=dt, **c.kwargs)
                 warps, stages = c.num_warps, c.num_stages
             tiles = f" BK{consts['BK']} BV{consts['BV']}" if "BK" in consts else ""
             out.append((f"mLSTM {name} {lbl} L{L} {DHQK}x{DHV}{tiles}{' TMA' if tma else ''}"
