@@ -650,11 +650,9 @@ def test_import_without_triton_falls_back():
 # ---------------------------------------------------------------------------------------------------
 # benchmark script
 # ---------------------------------------------------------------------------------------------------
-def test_kernels_compile_for_sm90_without_gpu():
-    """AOT-compile every kernel for an H100 at the shipped shapes (bf16; mLSTM chunk 64 with the 7B's and the
-    paper models' head dims, sLSTM with the paper models' head dims), each with its default autotune config:
-    no register spills (cuobjdump stack bytes 0) and shared memory within the H100's 227 KiB. The interpreter
-    does not catch every compile error, and a spilling kernel is a slow kernel."""
+def _aot_check(*flags, timeout):
+    """Run ``tools/bench/kernels.py --aot-check *flags`` (sm_90 compiles, no GPU): (bench module, completed
+    process, {row label: dict(dtype, smem, regs, stack, status)}); skips without triton's CUDA toolchain."""
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
         from triton.backends.nvidia import compiler  # noqa: F401
@@ -667,8 +665,8 @@ def test_kernels_compile_for_sm90_without_gpu():
     spec = importlib.util.spec_from_file_location("bench_kernels", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = subprocess.run([sys.executable, str(script), "--aot-check", "--aot-quick"], capture_output=True, text=True,
-                         timeout=1200, env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"})
+    out = subprocess.run([sys.executable, str(script), "--aot-check", *flags], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"})
     print(out.stdout[-8000:])
     assert "COMPILE ERROR" not in out.stdout, out.stdout[-4000:] + out.stderr[-4000:]
     rows = {}
@@ -676,10 +674,20 @@ def test_kernels_compile_for_sm90_without_gpu():
     for line in out.stdout.splitlines():
         if m := row_re.match(line):
             rows[m[1]] = dict(dtype=m[2], smem=int(m[3]), regs=m[4], stack=m[5], status=m[6])
+    return bench, out, rows
+
+
+def test_kernels_compile_for_sm90_without_gpu():
+    """AOT-compile every kernel for an H100 at the shipped shapes (bf16; mLSTM chunk 64 with the 7B's and the
+    paper models' head dims, with pointer and TMA tile loads, sLSTM with the paper models' head dims), each
+    with its default autotune config: no register spills (cuobjdump stack bytes 0) and shared memory within the
+    H100's 227 KiB. The interpreter does not catch every compile error, and a spilling kernel is a slow kernel."""
+    bench, out, rows = _aot_check("--aot-quick", timeout=1200)
     names = [n for n, _ in bench._MLSTM_KERNELS]
-    for lbl, dk, dv in bench.SHIPPED_MLSTM:  # every kernel at every shipped mLSTM shape was compiled
+    for lbl, dk, dv in bench.SHIPPED_MLSTM:  # every kernel at every shipped mLSTM shape was compiled, both forms
         for name in names:
-            assert any(k.startswith(f"mLSTM {name} {lbl} L{bench.SHIPPED_CHUNK} {dk}x{dv}") for k in rows), (name, lbl)
+            got = [k for k in rows if k.startswith(f"mLSTM {name} {lbl} L{bench.SHIPPED_CHUNK} {dk}x{dv}")]
+            assert len(got) == (1 if name in ("_bw_mchain", "_bw_prep") else 2), (name, lbl, got)
     for dh in bench.SHIPPED_SLSTM_DH:  # the blocked pair and the split pair (the tile split_plan picks)
         got = sorted(k.split()[1] for k in rows if f" DH{dh} " in k)
         assert got == ["_slstm_bw_blocked", "_slstm_bw_split", "_slstm_fw_blocked", "_slstm_fw_split"], (dh, got)
@@ -688,6 +696,17 @@ def test_kernels_compile_for_sm90_without_gpu():
         assert r["stack"] == "0", f"{label}: {r['stack']} B of register spills (regs {r['regs']})"
         assert r["smem"] <= bench.SMEM_LIMIT, f"{label}: {r['smem']} B of shared memory"
     assert out.returncode == 0 and "FAIL (" not in out.stdout, out.stdout[-4000:] + out.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_every_mlstm_autotune_config_compiles_for_sm90():
+    """The GPU autotuner times every config of the tiled mLSTM kernels (pointer and TMA forms) at the model's
+    shape; it skips configs that run out of registers or shared memory, but a compile error ends the training
+    run. Each config compiles for sm_90 at the 7B's head dims (with and without resets) and at the 125M's."""
+    bench, out, rows = _aot_check("--aot-all-configs", timeout=2400)
+    assert len(rows) == len(bench._config_variants()) > 200, (len(rows), out.stdout[-2000:])
+    assert sum(" TMA" in k for k in rows) > 80
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
 
 def test_bench_script_cpu_smoke():

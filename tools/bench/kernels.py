@@ -26,7 +26,9 @@
 toolchain bundled in the triton wheel, and reports shared memory, registers and spill bytes per thread
 (cuobjdump's STACK): it catches compile errors the interpreter does not see, and, at the shipped shapes
 in bf16, fails on register spills or launches that would exceed the SM's shared memory, on a machine
-without a GPU (--aot-quick: only those asserted rows).
+without a GPU (--aot-quick: only those asserted rows). --aot-all-configs compiles every config the GPU
+autotuner may try for the tiled mLSTM kernels (pointer and TMA forms) at the shipped bf16 shapes: the autotuner
+survives spills and out-of-resources configs, but a compile error would end the training run.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def parse_args(argv=None):
                    help="compile every kernel for --aot-arch without a GPU; report smem / registers / spills")
     p.add_argument("--aot-arch", type=int, default=90, help="CUDA compute capability for --aot-check (90 = H100/H200)")
     p.add_argument("--aot-quick", action="store_true", help="--aot-check on fewer variants (used by the tests)")
+    p.add_argument("--aot-all-configs", action="store_true",
+                   help="--aot-check every autotune config of the tiled mLSTM kernels at the shipped shapes instead")
     p.add_argument("--aot-filter", default="", help="--aot-check only the variants whose label contains this text")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny sizes on CPU under the Triton interpreter (sets TRITON_INTERPRET=1): checks the script runs")
@@ -430,14 +434,41 @@ _MLSTM_KERNELS = (("_fw_recurrent", "_REC_CONFIGS"), ("_fw_output", "_PAR_CONFIG
                   ("_bw_dqk", "_DQK_CONFIGS"), ("_bw_dv", "_PAR_CONFIGS"), ("_bw_mchain", None), ("_bw_prep", None))
 
 
+def _config_variants():
+    """Every autotune config of the tiled mLSTM kernels (pointer and TMA forms) in bf16 at the 7B's head dims with
+    and without resets and at the 125M's (384: not a power of two) with: rows that must compile (spills are
+    reported, not asserted: the autotuner times them). The paper family's other heads are powers of two whose
+    tiles compile like the 7B's."""
+    from xlstm_kernels.mlstm import chunkwise_triton as ct
+
+    out = []
+    for lbl, DHQK, DHV, resets in (("7B", 256, 512, (True, False)), ("125M", 384, 384, (True,))):
+        for has_reset in resets:
+            for tma in (False, True):
+                for name, cfgs in _MLSTM_KERNELS:
+                    if cfgs is None:
+                        continue
+                    for c in getattr(ct, cfgs.replace("_CONFIGS", "_TMA_CONFIGS") if tma else cfgs):
+                        consts = dict(L=SHIPPED_CHUNK, DHQK=DHQK, DHV=DHV, HAS_RESET=has_reset, EMU=False, TMA=tma,
+                                      KEY_DT="bf16", **c.kwargs)
+                        out.append((f"mLSTM {name} {lbl} L{SHIPPED_CHUNK} {DHQK}x{DHV} BK{c.kwargs['BK']} "
+                                    f"BV{c.kwargs['BV']} w{c.num_warps} s{c.num_stages}{' TMA' if tma else ''}"
+                                    f"{'' if has_reset else ' no-reset'}", getattr(ct, name), consts, c.num_warps,
+                                    c.num_stages, "bf16", False))
+    return out
+
+
 def _kernel_variants(quick):
     """(label, kernel object, constexprs, num_warps, num_stages, dtype, asserted) for every kernel we launch,
     with each kernel's default autotune config (the one XLSTM_TRITON_AUTOTUNE=0 runs). ``asserted``: a
     shipped shape in bf16 (the training dtype), where spills and shared memory over the limit fail the
-    check; the other rows (fp16 / fp32, chunk 128, small heads) are reported only."""
+    check; the other rows (fp16 / fp32, chunk 128, small heads) are reported only. ``quick="configs"``: the
+    rows of ``_config_variants`` instead."""
     from xlstm_kernels.mlstm import chunkwise_triton as ct
     from xlstm_kernels.slstm import recurrent_triton as rt
 
+    if quick == "configs":
+        return _config_variants()
     out = []
     # (label, DHQK, DHV, chunk, dtype, resets, TMA tile loads (the default on sm_90), asserted)
     m_cases = [(lbl, dk, dv, SHIPPED_CHUNK, "bf16", True, tma, True) for lbl, dk, dv in SHIPPED_MLSTM
@@ -554,10 +585,11 @@ def _aot_compile(job):
 def aot_check(args):
     from concurrent.futures import ProcessPoolExecutor
 
-    variants = _kernel_variants(args.aot_quick)
+    mode = "configs" if args.aot_all_configs else args.aot_quick
+    variants = _kernel_variants(mode)
     picked = [j for j, v in enumerate(variants) if not args.aot_filter or args.aot_filter in v[0]]
     with ProcessPoolExecutor(max_workers=max(1, min(len(picked), os.cpu_count() or 1))) as pool:
-        results = list(pool.map(_aot_compile, [(args.aot_quick, j, args.aot_arch) for j in picked]))
+        results = list(pool.map(_aot_compile, [(mode, j, args.aot_arch) for j in picked]))
     rows, failed = [], False
     for j, res in zip(picked, results):
         label, _, _, warps, _, dt, asserted = variants[j]
@@ -574,8 +606,10 @@ def aot_check(args):
         else:
             status = "info" + (" (" + ", ".join(problems) + ")" if problems else "")
         rows.append([label, dt, f"w{warps}", smem, regs, spill, status])
-    print_table(f"AOT compile for sm_{args.aot_arch} (default autotune config of each kernel; shipped "
-                f"shapes in bf16 must have no spills (stack 0) and at most {SMEM_LIMIT} B of shared memory)",
+    what = ("every autotune config of the tiled mLSTM kernels; each must compile, spills are reported"
+            if args.aot_all_configs else "default autotune config of each kernel; shipped shapes in bf16 must "
+            f"have no spills (stack 0) and at most {SMEM_LIMIT} B of shared memory")
+    print_table(f"AOT compile for sm_{args.aot_arch} ({what})",
                 ["kernel", "dtype", "warps", "smem B", "regs", "stack B", "status"], rows)
     return 1 if failed else 0
 
