@@ -327,9 +327,9 @@ def tune_bucket(BH: int) -> int:
 
 @triton.jit
 def _fw_recurrent_kernel(k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, C0_ptr, n0_ptr, m0_ptr, Call_ptr, CN_ptr, nall_ptr,
-                  mall_ptr, S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
-                  KEY_DT: tl.constexpr):
+                         mall_ptr, S, NC, NH, BH, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr,
+                         BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr,
+                         TMA: tl.constexpr, KEY_DT: tl.constexpr):
     """C_c before every chunk into Call (BH*NC states, ``state_dtype``), n_c, m_c into nall / mall (BH*(NC+1):
     the last is the final state), the final C into CN (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -377,10 +377,9 @@ _fw_recurrent_tma = _autotuned(_fw_recurrent_kernel, _REC_TMA_CONFIGS)
 
 @triton.jit
 def _fw_output_kernel(q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, h_ptr, mrow_ptr,
-               den_ptr,
-               S, NC, NH, BH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
-               KEY_DT: tl.constexpr):
+                      den_ptr, S, NC, NH, BH, scale, eps, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr,
+                      TMA: tl.constexpr, KEY_DT: tl.constexpr):
     """One program per (b*head, chunk): P = D * Q K^T once, then h tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
@@ -444,11 +443,9 @@ def _bw_prep(dh_ptr, h_ptr, den_ptr, mrow_ptr, rden_ptr, dden_ptr, dmrow_ptr, S,
 
 @triton.jit
 def _bw_recurrent_kernel(q_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, mrow_ptr, rden_ptr, dden_ptr, dCN_ptr,
-                  dnN_ptr,
-                  dCall_ptr, dC0_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr,
-                  L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr,
-                  TMA: tl.constexpr,
-                  KEY_DT: tl.constexpr):
+                         dnN_ptr, dCall_ptr, dC0_ptr, dnall_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr,
+                         DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                         HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr, KEY_DT: tl.constexpr):
     """dC_{c+1} into dCall slot c (BH*NC states, ``state_dtype``: chunk c reads it with C_c from the same slot),
     dn_c into dnall (BH*(NC+1), fp32), dC_0 into dC0 (fp32, from the fp32 registers)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -496,12 +493,10 @@ _bw_recurrent_tma = _autotuned(_bw_recurrent_kernel, _REC_TMA_CONFIGS)
 
 @triton.jit
 def _bw_dqk_kernel(q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, Call_ptr, nall_ptr, mall_ptr, dCall_ptr,
-            dnall_ptr,
-            rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr,
-            di_ptr, dlf_ptr, ra_ptr, rl_ptr, chunk_ptr,
-            S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
-            KEY_DT: tl.constexpr):
+                   dnall_ptr, rden_ptr, dden_ptr, dmrow_ptr, dq_ptr, dk_ptr, di_ptr, dlf_ptr, ra_ptr, rl_ptr,
+                   chunk_ptr, S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
+                   KEY_DT: tl.constexpr):
     """One program per (b*head, chunk). The two L x L matmuls (Q K^T, dh V^T) run first with only per-token
     vectors live; the L x L gate tiles are built after them and reduced to dS (the one L x L tile live in
     the dq / dk loop) and row / column sums."""
@@ -614,10 +609,9 @@ _bw_dqk_tma = _autotuned(_bw_dqk_kernel, _DQK_TMA_CONFIGS)
 
 
 @triton.jit
-def _bw_dv_kernel(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr,
-           S, NC, NH, BH, scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr,
-           KEY_DT: tl.constexpr):
+def _bw_dv_kernel(q_ptr, k_ptr, dh_ptr, lf_ptr, ig_ptr, rs_ptr, mall_ptr, dCall_ptr, rden_ptr, dv_ptr, S, NC, NH, BH,
+                  scale, DHQK: tl.constexpr, DHV: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  HAS_RESET: tl.constexpr, EMU: tl.constexpr, TMA: tl.constexpr, KEY_DT: tl.constexpr):
     """One program per (b*head, chunk): P once, then dv_s = sum_t P_ts dh_t / denom_t + w_s dC_{c+1}^T k_s
     tile by tile over DHV."""
     bh = tl.program_id(0).to(tl.int64)
